@@ -1,0 +1,128 @@
+"""The hub's desired state from its peer registry, with the conflict rule."""
+
+from __future__ import annotations
+
+import bisect
+import ipaddress
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from wgkube.desired.model import CONFLICT, DesiredState, DeviceSpec, PeerSpec, Rejection
+from wgkube.domain.annotations import PeerRecord
+from wgkube.domain.keys import PublicKey
+from wgkube.domain.net import IPNetwork, normalize_networks
+
+_EPOCH = datetime.min.replace(tzinfo=UTC)
+
+
+def seniority(record: PeerRecord) -> tuple[datetime, str]:
+    """The conflict rule's order: the older Node wins, then the name sorts first."""
+    created = record.created or _EPOCH
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=UTC)
+    return created, record.node
+
+
+class _Claims:
+    """Disjoint address ranges already granted, one sorted list per IP version.
+
+    CIDR blocks either nest or do not meet, so the granted set stays disjoint and
+    one bisect finds any overlap: O(log n) per query instead of comparing all pairs.
+    """
+
+    def __init__(self) -> None:
+        self._starts: dict[int, list[int]] = {4: [], 6: []}
+        self._ends: dict[int, list[int]] = {4: [], 6: []}
+        self._owners: dict[int, list[str]] = {4: [], 6: []}
+
+    def owner_of(self, net: IPNetwork) -> str | None:
+        start, end = int(net.network_address), int(net.broadcast_address)
+        starts, ends = self._starts[net.version], self._ends[net.version]
+        i = bisect.bisect_right(starts, end) - 1
+        if i >= 0 and ends[i] >= start:
+            return self._owners[net.version][i]
+        return None
+
+    def grant(self, net: IPNetwork, owner: str) -> None:
+        start, end = int(net.network_address), int(net.broadcast_address)
+        i = bisect.bisect_left(self._starts[net.version], start)
+        self._starts[net.version].insert(i, start)
+        self._ends[net.version].insert(i, end)
+        self._owners[net.version].insert(i, owner)
+
+
+def _collapsed(nets: Iterable[IPNetwork]) -> list[IPNetwork]:
+    out: list[IPNetwork] = []
+    for version in (4, 6):
+        same = [n for n in nets if n.version == version]
+        out.extend(ipaddress.collapse_addresses(same))  # type: ignore[type-var]
+    return out
+
+
+def is_default_route(net: IPNetwork) -> bool:
+    return net.prefixlen == 0
+
+
+def hub_state(
+    device: DeviceSpec,
+    records: Iterable[PeerRecord],
+    *,
+    persistent_keepalive: int = 0,
+) -> tuple[DesiredState, list[Rejection]]:
+    """Accept peers oldest first; a peer that conflicts with an accepted one is rejected whole.
+
+    Conflicts: the hub's own public key, a public key already taken, or allowed-ips that
+    overlap the hub's own addresses or an accepted peer's allowed-ips. Default routes
+    (0.0.0.0/0, ::/0) are kept as allowed-ips but get no route: a spoke must never
+    capture the hub's default route.
+    """
+    own_key = device.private_key.public_key()
+    claims = _Claims()
+    for address in device.addresses:
+        claims.grant(ipaddress.ip_network(address.ip), "the hub's own address")
+
+    peers: dict[PublicKey, PeerSpec] = {}
+    key_owner: dict[PublicKey, str] = {}
+    rejections: list[Rejection] = []
+    for record in sorted(records, key=seniority):
+        if record.public_key == own_key:
+            rejections.append(
+                Rejection(record.node, CONFLICT, "public-key is the hub's own public key")
+            )
+            continue
+        if record.public_key in key_owner:
+            rejections.append(
+                Rejection(
+                    record.node,
+                    CONFLICT,
+                    f"public-key {record.public_key.short()} is already used by node "
+                    f"{key_owner[record.public_key]!r} (the older Node keeps it)",
+                )
+            )
+            continue
+        mine = _collapsed(record.allowed_ips)
+        clash = next(((n, o) for n in mine if (o := claims.owner_of(n)) is not None), None)
+        if clash is not None:
+            net, owner = clash
+            who = owner if owner.startswith("the hub") else f"node {owner!r}"
+            rejections.append(
+                Rejection(
+                    record.node,
+                    CONFLICT,
+                    f"allowed-ips {net} overlaps {who} (the older Node keeps the prefix)",
+                )
+            )
+            continue
+        for net in mine:
+            claims.grant(net, record.node)
+        key_owner[record.public_key] = record.node
+        peers[record.public_key] = PeerSpec(
+            public_key=record.public_key,
+            endpoint=record.endpoint,
+            allowed_ips=normalize_networks(record.allowed_ips),
+            persistent_keepalive=persistent_keepalive,
+        )
+    routes = frozenset(
+        net for spec in peers.values() for net in spec.allowed_ips if not is_default_route(net)
+    )
+    return DesiredState(device=device, peers=peers, routes=routes), rejections

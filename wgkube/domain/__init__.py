@@ -1,0 +1,1 @@
+"""Value types and codecs: keys, endpoints, address lists, Node annotations, errors."""

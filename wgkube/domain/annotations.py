@@ -1,0 +1,229 @@
+"""Node labels and annotations <-> peer and hub records: the one place they are converted."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from wgkube.domain.errors import AnnotationError, InvalidInput
+from wgkube.domain.keys import PublicKey
+from wgkube.domain.net import (
+    Endpoint,
+    IPAddress,
+    IPNetwork,
+    format_networks,
+    parse_networks,
+)
+
+DEFAULT_PREFIX = "wireguard.kube/"
+TRUE = "true"
+
+NodeBody = Mapping[str, Any]
+"""A Node as the API returns it (JSON decoded); kopf bodies and plain dicts both fit."""
+
+
+class Keys(BaseModel):
+    """The label and annotation keys under one prefix (default `wireguard.kube/`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    prefix: str = DEFAULT_PREFIX
+
+    def model_post_init(self, __context: Any) -> None:
+        if not self.prefix.endswith("/") or self.prefix.count("/") != 1 or len(self.prefix) < 2:
+            raise InvalidInput(
+                f"annotation prefix {self.prefix!r} must be a DNS name followed by one '/'"
+            )
+
+    @property
+    def hub(self) -> str:
+        return self.prefix + "hub"
+
+    @property
+    def peer(self) -> str:
+        return self.prefix + "peer"
+
+    @property
+    def public_key(self) -> str:
+        return self.prefix + "public-key"
+
+    @property
+    def endpoint(self) -> str:
+        return self.prefix + "endpoint"
+
+    @property
+    def allowed_ips(self) -> str:
+        return self.prefix + "allowed-ips"
+
+    def peer_selector(self) -> str:
+        return f"{self.peer}={TRUE}"
+
+    def hub_selector(self) -> str:
+        return f"{self.hub}={TRUE}"
+
+
+class PeerRecord(BaseModel):
+    """A spoke as the hub sees it, decoded from its Node."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    node: str
+    public_key: PublicKey
+    endpoint: Endpoint | None
+    allowed_ips: tuple[IPNetwork, ...]
+    created: datetime | None = None
+    """Node creationTimestamp: the older Node wins a conflict."""
+
+
+class HubRecord(BaseModel):
+    """The hub as a spoke sees it, decoded from the hub's Node."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    node: str
+    public_key: PublicKey
+    endpoint: Endpoint | None
+    allowed_ips: tuple[IPNetwork, ...]
+
+
+def node_name(node: NodeBody) -> str:
+    return str(node.get("metadata", {}).get("name", ""))
+
+
+def node_labels(node: NodeBody) -> Mapping[str, str]:
+    return node.get("metadata", {}).get("labels") or {}
+
+
+def node_annotations(node: NodeBody) -> Mapping[str, str]:
+    return node.get("metadata", {}).get("annotations") or {}
+
+
+def is_peer(node: NodeBody, keys: Keys) -> bool:
+    return node_labels(node).get(keys.peer) == TRUE
+
+
+def is_hub(node: NodeBody, keys: Keys) -> bool:
+    return node_labels(node).get(keys.hub) == TRUE
+
+
+def node_address(node: NodeBody, kind: str) -> IPAddress | None:
+    """The Node's first status address of `kind` (InternalIP, ExternalIP) that parses."""
+    for item in node.get("status", {}).get("addresses") or []:
+        if item.get("type") == kind:
+            try:
+                return ipaddress.ip_address(str(item.get("address", "")))
+            except ValueError:
+                continue
+    return None
+
+
+def creation_time(node: NodeBody) -> datetime | None:
+    stamp = node.get("metadata", {}).get("creationTimestamp")
+    if not stamp:
+        return None
+    try:
+        return datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _required(node: NodeBody, key: str) -> str:
+    value = node_annotations(node).get(key)
+    if value is None or not value.strip():
+        raise AnnotationError(node_name(node), key, "missing (required)")
+    return str(value)
+
+
+def _key(node: NodeBody, key: str) -> PublicKey:
+    try:
+        return PublicKey.parse(_required(node, key))
+    except InvalidInput as exc:
+        if isinstance(exc, AnnotationError):
+            raise
+        raise AnnotationError(node_name(node), key, str(exc)) from exc
+
+
+def _endpoint(node: NodeBody, key: str) -> Endpoint | None:
+    value = node_annotations(node).get(key)
+    if value is None or not value.strip():
+        return None
+    try:
+        return Endpoint.parse(value)
+    except InvalidInput as exc:
+        raise AnnotationError(node_name(node), key, str(exc)) from exc
+
+
+def _networks(node: NodeBody, key: str) -> tuple[IPNetwork, ...] | None:
+    value = node_annotations(node).get(key)
+    if value is None or not value.strip():
+        return None
+    try:
+        return parse_networks(value)
+    except InvalidInput as exc:
+        raise AnnotationError(node_name(node), key, str(exc)) from exc
+
+
+def decode_peer(node: NodeBody, keys: Keys) -> PeerRecord:
+    """A spoke's Node -> PeerRecord; raises AnnotationError naming the node and key.
+
+    allowed-ips defaults to the Node's InternalIP as a host route, as in the original.
+    """
+    name = node_name(node)
+    public_key = _key(node, keys.public_key)
+    endpoint = _endpoint(node, keys.endpoint)
+    allowed = _networks(node, keys.allowed_ips)
+    if allowed is None:
+        internal = node_address(node, "InternalIP")
+        if internal is None:
+            raise AnnotationError(
+                name, keys.allowed_ips, "not set, and the Node has no InternalIP to default to"
+            )
+        allowed = (ipaddress.ip_network(internal),)
+    return PeerRecord(
+        node=name,
+        public_key=public_key,
+        endpoint=endpoint,
+        allowed_ips=allowed,
+        created=creation_time(node),
+    )
+
+
+def decode_hub(node: NodeBody, keys: Keys) -> HubRecord:
+    """The hub's Node -> HubRecord; allowed-ips is required on a hub."""
+    name = node_name(node)
+    public_key = _key(node, keys.public_key)
+    endpoint = _endpoint(node, keys.endpoint)
+    allowed = _networks(node, keys.allowed_ips)
+    if allowed is None:
+        raise AnnotationError(name, keys.allowed_ips, "missing (required)")
+    return HubRecord(node=name, public_key=public_key, endpoint=endpoint, allowed_ips=allowed)
+
+
+def registration_patch(
+    keys: Keys,
+    *,
+    role: str,
+    public_key: PublicKey,
+    allowed_ips: tuple[IPNetwork, ...],
+    endpoint: Endpoint | None,
+) -> dict[str, Any]:
+    """The merge patch a node applies to itself to announce its role and WireGuard data.
+
+    `role` is "hub" or "peer". An absent endpoint is written as null, which removes a
+    stale one from an earlier run.
+    """
+    label = {"hub": keys.hub, "peer": keys.peer}[role]
+    return {
+        "metadata": {
+            "labels": {label: TRUE},
+            "annotations": {
+                keys.public_key: public_key.b64,
+                keys.allowed_ips: format_networks(allowed_ips),
+                keys.endpoint: None if endpoint is None else str(endpoint),
+            },
+        }
+    }

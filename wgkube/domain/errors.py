@@ -1,0 +1,70 @@
+"""The one exception tree of wg-kube; adapters translate library errors into it.
+
+WgKubeError
+├── InvalidInput (also ValueError)      bad data from a user, a file or an annotation
+│   ├── InvalidKey                      not 32 bytes of base64
+│   ├── InvalidEndpoint                 not ip, ip:port or [v6]:port
+│   ├── InvalidCIDR                     not a network, or host bits set
+│   └── AnnotationError                 one of the above, located on a Node and key
+├── KeyFileError                        a key file that exists but cannot be used
+├── KernelError                         the kernel (or wireguard-go) refused or failed
+│   ├── DeviceNotFound                  the interface does not exist
+│   └── BackendUnavailable              the chosen backend cannot run on this host
+└── ApiError                            the Kubernetes API failed in a way we report
+"""
+
+from __future__ import annotations
+
+
+class WgKubeError(Exception):
+    """Root of every error wg-kube raises on purpose."""
+
+
+class InvalidInput(WgKubeError, ValueError):
+    """Data from outside (a flag, a file, an annotation) is malformed."""
+
+
+class InvalidKey(InvalidInput):
+    """A WireGuard key is not 32 bytes of standard base64."""
+
+
+class InvalidEndpoint(InvalidInput):
+    """An endpoint is not `ip`, `ip:port` or `[ipv6]:port`."""
+
+
+class InvalidCIDR(InvalidInput):
+    """An address list holds something that is not a clean network."""
+
+
+class AnnotationError(InvalidInput):
+    """A Node carries an annotation or label wg-kube cannot use.
+
+    The message names the Node, the key and the fault, so it can go verbatim
+    into a log line and a Kubernetes Event.
+    """
+
+    def __init__(self, node: str, key: str, reason: str) -> None:
+        self.node = node
+        self.key = key
+        self.reason = reason
+        super().__init__(f"node {node!r}: annotation {key!r}: {reason}")
+
+
+class KeyFileError(WgKubeError):
+    """A private key file exists but is unreadable or malformed; never silently replaced."""
+
+
+class KernelError(WgKubeError):
+    """The kernel or the userspace implementation refused an operation."""
+
+
+class DeviceNotFound(KernelError):
+    """The WireGuard interface does not exist."""
+
+
+class BackendUnavailable(KernelError):
+    """The requested WireGuard backend cannot run on this host."""
+
+
+class ApiError(WgKubeError):
+    """The Kubernetes API failed in a way the caller must report."""

@@ -1,0 +1,222 @@
+"""An in-memory kernel with WireGuard's semantics, optionally kept in a JSON file.
+
+The file lets a test inspect (and a restarted process adopt) the state of a device
+driven by an operator running in another process.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wgkube.diff.model import (
+    ABSENT,
+    AddAddress,
+    AddRoute,
+    ConfigureDevice,
+    CreateLink,
+    ObservedPeer,
+    ObservedState,
+    Operation,
+    RemoveAddress,
+    RemovePeer,
+    RemoveRoute,
+    SetMtu,
+    SetUp,
+    UpsertPeer,
+)
+from wgkube.domain.errors import DeviceNotFound, KernelError
+from wgkube.domain.keys import PresharedKey, PrivateKey, PublicKey
+from wgkube.domain.net import Endpoint, IPNetwork
+
+DEFAULT_MTU = 1420
+
+
+@dataclass
+class _Device:
+    up: bool = False
+    mtu: int = DEFAULT_MTU
+    addresses: set[str] = field(default_factory=set)
+    private_key: str | None = None
+    listen_port: int = 0
+    fwmark: int = 0
+    peers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    routes: set[str] = field(default_factory=set)
+
+
+class MemoryKernel:
+    """Same contract as the real adapters; `state_path` shares state across processes."""
+
+    name = "memory"
+
+    def __init__(self, state_path: Path | None = None) -> None:
+        self.writes = 0
+        self._pending_writes = 0
+        self._path = state_path
+        self._devices: dict[str, _Device] = {}
+        self._load()
+
+    # -- persistence -------------------------------------------------------------------
+    def _load(self) -> None:
+        if self._path is None or not self._path.exists():
+            return
+        data = json.loads(self._path.read_text())
+        self._devices = {
+            name: _Device(
+                up=d["up"],
+                mtu=d["mtu"],
+                addresses=set(d["addresses"]),
+                private_key=d["private_key"],
+                listen_port=d["listen_port"],
+                fwmark=d["fwmark"],
+                peers=d["peers"],
+                routes=set(d["routes"]),
+            )
+            for name, d in data.get("devices", {}).items()
+        }
+
+    def _save(self) -> None:
+        if self._path is None:
+            return
+        previous = 0
+        if self._path.exists():
+            previous = json.loads(self._path.read_text()).get("writes", 0)
+        data = {
+            "writes": previous + self._pending_writes,
+            "devices": {
+                name: {
+                    "up": d.up,
+                    "mtu": d.mtu,
+                    "addresses": sorted(d.addresses),
+                    "private_key": d.private_key,
+                    "listen_port": d.listen_port,
+                    "fwmark": d.fwmark,
+                    "peers": d.peers,
+                    "routes": sorted(d.routes),
+                }
+                for name, d in self._devices.items()
+            },
+        }
+        fd, tmp = tempfile.mkstemp(dir=self._path.parent, prefix=".memkernel-")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=1, sort_keys=True)
+        os.replace(tmp, self._path)
+
+    # -- the port ----------------------------------------------------------------------
+    async def observe(self, ifname: str) -> ObservedState:
+        self._load()
+        dev = self._devices.get(ifname)
+        if dev is None:
+            return ABSENT
+        return ObservedState(
+            exists=True,
+            up=dev.up,
+            mtu=dev.mtu,
+            addresses=frozenset(ipaddress.ip_interface(a) for a in dev.addresses),
+            private_key=PrivateKey.parse(dev.private_key).clamped() if dev.private_key else None,
+            listen_port=dev.listen_port,
+            fwmark=dev.fwmark,
+            peers={
+                PublicKey.parse(k): ObservedPeer(
+                    public_key=PublicKey.parse(k),
+                    endpoint=Endpoint.parse(p["endpoint"]) if p["endpoint"] else None,
+                    allowed_ips=frozenset(ipaddress.ip_network(n) for n in p["allowed_ips"]),
+                    persistent_keepalive=p["keepalive"],
+                    preshared_key=PresharedKey.parse(p["psk"]) if p["psk"] else None,
+                    last_handshake=p.get("last_handshake", 0.0),
+                )
+                for k, p in dev.peers.items()
+            },
+            routes=frozenset(ipaddress.ip_network(r) for r in dev.routes),
+        )
+
+    async def apply(self, ifname: str, ops: Sequence[Operation]) -> None:
+        self._load()
+        self._pending_writes = 0
+        try:
+            for op in ops:
+                self._apply_one(ifname, op)
+                self._pending_writes += 1
+        finally:
+            self.writes += self._pending_writes
+            self._save()
+
+    async def delete(self, ifname: str) -> None:
+        self._load()
+        self._pending_writes = 1 if self._devices.pop(ifname, None) is not None else 0
+        self.writes += self._pending_writes
+        self._save()
+
+    async def close(self) -> None:
+        return None
+
+    # -- test hooks ----------------------------------------------------------------------
+    def learn_endpoint(self, ifname: str, key: PublicKey, endpoint: Endpoint) -> None:
+        """What WireGuard does when an authenticated packet arrives from a new address."""
+        self._load()
+        self._devices[ifname].peers[key.b64]["endpoint"] = str(endpoint)
+        self._pending_writes = 0
+        self._save()
+
+    # -- semantics -------------------------------------------------------------------------
+    def _apply_one(self, ifname: str, op: Operation) -> None:
+        if isinstance(op, CreateLink):
+            if op.name in self._devices:
+                raise KernelError(f"interface {op.name} already exists")
+            self._devices[op.name] = _Device()
+            return
+        dev = self._devices.get(ifname)
+        if dev is None:
+            raise DeviceNotFound(f"interface {ifname} does not exist")
+        match op:
+            case SetMtu(mtu):
+                dev.mtu = mtu
+            case SetUp():
+                dev.up = True
+            case AddAddress(address):
+                dev.addresses.add(str(address))
+            case RemoveAddress(address):
+                dev.addresses.discard(str(address))
+            case ConfigureDevice(private_key, listen_port, fwmark):
+                if private_key is not None:
+                    dev.private_key = private_key.clamped().b64
+                if listen_port is not None:
+                    dev.listen_port = listen_port
+                if fwmark is not None:
+                    dev.fwmark = fwmark
+            case UpsertPeer():
+                self._upsert(dev, op)
+            case RemovePeer(key):
+                dev.peers.pop(key.b64, None)
+            case AddRoute(net):
+                dev.routes.add(str(net))
+            case RemoveRoute(net):
+                dev.routes.discard(str(net))
+
+    @staticmethod
+    def _upsert(dev: _Device, op: UpsertPeer) -> None:
+        peer = dev.peers.setdefault(
+            op.public_key.b64,
+            {"endpoint": None, "allowed_ips": [], "keepalive": 0, "psk": None},
+        )
+        if op.endpoint is not None:
+            peer["endpoint"] = str(op.endpoint)
+        if op.persistent_keepalive is not None:
+            peer["keepalive"] = op.persistent_keepalive
+        if op.preshared_key is not None:
+            peer["psk"] = None if op.preshared_key.is_zero else op.preshared_key.b64
+        if op.allowed_ips is not None:
+            wanted: list[IPNetwork] = list(op.allowed_ips)
+            # The kernel's allowed-IPs trie is per device: a prefix moves to its new peer.
+            taken = {str(n) for n in wanted}
+            for other_key, other in dev.peers.items():
+                if other_key != op.public_key.b64:
+                    other["allowed_ips"] = [n for n in other["allowed_ips"] if n not in taken]
+            peer["allowed_ips"] = sorted(taken)
+

@@ -1,0 +1,42 @@
+"""The kernel port: the one interface through which wg-kube reads and changes a device."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from wgkube.diff.model import ObservedState, Operation
+
+ROUTE_PROTOCOL = 87
+"""rtnetlink protocol number that marks the routes wg-kube owns (`ip route ... proto 87`).
+
+Only routes carrying it are read back and diffed, so routes made by people, DHCP or
+the kernel are never touched, and a restart adopts ours instead of leaking or flushing.
+"""
+
+MAIN_TABLE = 254
+
+
+class Kernel(Protocol):
+    """Every adapter (netlink, userspace, memory) passes the same contract tests.
+
+    - `observe` of a missing interface returns `ABSENT`, never raises.
+    - `apply` performs operations in the order given; AddAddress/AddRoute of something
+      present and RemovePeer/RemoveRoute/RemoveAddress of something absent succeed.
+    - Operations on a missing interface (other than CreateLink) raise DeviceNotFound.
+    - Library errors surface as `wgkube.domain.errors.KernelError` subclasses.
+    - `writes` counts operations applied since the adapter was made.
+    """
+
+    name: str
+    writes: int
+
+    async def observe(self, ifname: str) -> ObservedState: ...
+
+    async def apply(self, ifname: str, ops: Sequence[Operation]) -> None: ...
+
+    async def delete(self, ifname: str) -> None:
+        """Remove the interface and, with it, its peers, addresses and routes."""
+        ...
+
+    async def close(self) -> None: ...

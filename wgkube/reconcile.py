@@ -1,0 +1,38 @@
+"""One reconcile step: read the kernel, diff, log the diff, apply; nothing when it is empty."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from wgkube.desired.model import DesiredState
+from wgkube.diff.model import ObservedState, Operation
+from wgkube.diff.plan import describe, plan
+from wgkube.domain.keys import PublicKey
+from wgkube.domain.net import Endpoint
+from wgkube.kernel.port import Kernel
+
+log = logging.getLogger("wgkube.reconcile")
+
+
+@dataclass
+class Reconciler:
+    """Keeps only what the kernel cannot tell: which published endpoints were applied."""
+
+    kernel: Kernel
+    applied_endpoints: dict[PublicKey, Endpoint | None] = field(default_factory=dict)
+    last_observed: ObservedState | None = None
+
+    async def reconcile(self, desired: DesiredState) -> tuple[Operation, ...]:
+        ifname = desired.device.name
+        observed = await self.kernel.observe(ifname)
+        self.last_observed = observed
+        ops = plan(desired, observed, applied_endpoints=self.applied_endpoints)
+        if ops:
+            log.info("%s: applying %d change(s)", ifname, len(ops))
+            for line in describe(ops):
+                log.info("%s:   %s", ifname, line)
+            await self.kernel.apply(ifname, ops)
+        if desired.peers is not None:
+            self.applied_endpoints = {k: p.endpoint for k, p in desired.peers.items()}
+        return ops
