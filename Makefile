@@ -1,0 +1,35 @@
+# wg-kube: `make demo` runs the whole system on this machine; `make test` passes the tests.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+
+.PHONY: setup system lint test test-host test-kernel demo bench bench-quick clean
+
+system:
+	@scripts/setup-system.sh
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+setup: system $(VENV)/.installed
+
+lint: setup
+	$(BIN)/ruff check wgkube tests
+	$(BIN)/ruff format --check wgkube tests
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test-host: setup
+	$(BIN)/pytest -q
+
+test-kernel: setup
+	tests/vm/run.sh
+
+test: lint test-host test-kernel
+
+clean:
+	rm -rf $(VENV) .cache .mypy_cache .ruff_cache
