@@ -1,0 +1,200 @@
+"""The only code that talks to the API server outside Kopf: Nodes and Events, as JSON dicts."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from wgkube.domain.errors import ApiError
+
+log = logging.getLogger("wgkube.kube")
+
+COMPONENT = "wg-kube"
+
+
+class KubeApiError(ApiError):
+    """An API request failed; `status` is the HTTP status, or None when unreachable."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Gone(KubeApiError):
+    """A watch's resourceVersion is too old (HTTP 410): list again."""
+
+
+async def load_configuration(kubeconfig: Path | None) -> client.Configuration:
+    """An explicit kubeconfig, else in-cluster credentials; never $KUBECONFIG implicitly."""
+    configuration = client.Configuration()
+    if kubeconfig is not None:
+        await config.load_kube_config(
+            config_file=str(kubeconfig),
+            client_configuration=configuration,
+            persist_config=False,
+        )
+    elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    else:
+        raise KubeApiError("no kubeconfig given and not running inside a cluster")
+    return configuration
+
+
+class Api:
+    """A small typed facade over kubernetes-asyncio for the calls wg-kube makes."""
+
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self._client = api_client
+        self._core = client.CoreV1Api(api_client)
+
+    @classmethod
+    async def connect(cls, kubeconfig: Path | None) -> Api:
+        return cls.from_configuration(await load_configuration(kubeconfig))
+
+    @classmethod
+    def from_configuration(cls, configuration: client.Configuration) -> Api:
+        return cls(client.ApiClient(configuration))
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def __aenter__(self) -> Api:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _json(self, call: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        try:
+            response = await call(*args, _preload_content=False, **kwargs)
+            async with response:
+                data: dict[str, Any] = await response.json(content_type=None)
+                return data
+        except ApiException as exc:
+            raise _translate(exc) from exc
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise KubeApiError(f"API server unreachable: {exc}") from exc
+
+    async def get_node(self, name: str) -> dict[str, Any]:
+        return await self._json(self._core.read_node, name)
+
+    async def patch_node(self, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        """A JSON merge patch on the Node (labels and annotations; null deletes a key)."""
+        return await self._json(
+            self._core.patch_node, name, patch, _content_type="application/merge-patch+json"
+        )
+
+    async def list_nodes(
+        self, label_selector: str | None = None
+    ) -> tuple[list[dict[str, Any]], str]:
+        """The matching Nodes and the list's resourceVersion (to start a watch from)."""
+        kwargs: dict[str, Any] = {}
+        if label_selector:
+            kwargs["label_selector"] = label_selector
+        data = await self._json(self._core.list_node, **kwargs)
+        return list(data.get("items") or []), str(
+            data.get("metadata", {}).get("resourceVersion", "")
+        )
+
+    async def watch_nodes(
+        self,
+        *,
+        label_selector: str | None,
+        resource_version: str,
+        timeout_seconds: int,
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """(type, object) pairs until the server ends the watch; raises Gone on HTTP 410."""
+        kwargs: dict[str, Any] = {
+            "watch": True,
+            "allow_watch_bookmarks": True,
+            "timeout_seconds": timeout_seconds,
+        }
+        if resource_version:
+            kwargs["resource_version"] = resource_version
+        if label_selector:
+            kwargs["label_selector"] = label_selector
+        try:
+            response: Any = await self._core.list_node(
+                _preload_content=False,
+                _request_timeout=aiohttp.ClientTimeout(sock_read=timeout_seconds + 15),
+                **kwargs,
+            )
+        except ApiException as exc:
+            raise _translate(exc) from exc
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise KubeApiError(f"API server unreachable: {exc}") from exc
+        async with response:
+            try:
+                async for line in response.content:
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    kind, obj = str(event.get("type")), event.get("object") or {}
+                    if kind == "ERROR":
+                        code = obj.get("code")
+                        message = obj.get("message", "watch error")
+                        if code == 410:
+                            raise Gone(message, 410)
+                        raise KubeApiError(str(message), code)
+                    yield kind, obj
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                raise KubeApiError(f"watch broken: {exc}") from exc
+
+    async def post_event(
+        self,
+        node: Mapping[str, Any],
+        *,
+        type_: str,
+        reason: str,
+        message: str,
+        reporting_instance: str = "",
+    ) -> None:
+        """A core/v1 Event about a Node (cluster-scoped objects' Events go to `default`)."""
+        meta = node.get("metadata", {})
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "name": f"{meta.get('name', 'node')}.{uuid.uuid4().hex[:16]}",
+                "namespace": "default",
+            },
+            "involvedObject": {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "name": meta.get("name", ""),
+                "uid": meta.get("uid", meta.get("name", "")),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": COMPONENT, "host": reporting_instance},
+            "reportingComponent": COMPONENT,
+            "reportingInstance": reporting_instance,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        await self._json(self._core.create_namespaced_event, "default", body)
+
+
+def _translate(exc: ApiException) -> KubeApiError:
+    status = getattr(exc, "status", None)
+    reason = getattr(exc, "reason", "") or ""
+    body = getattr(exc, "body", "") or ""
+    try:
+        message = json.loads(body).get("message", reason)
+    except (ValueError, AttributeError):
+        message = reason or str(exc)
+    cls = Gone if status == 410 else KubeApiError
+    return cls(f"API error {status}: {message}", status)

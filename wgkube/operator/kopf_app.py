@@ -1,0 +1,74 @@
+"""The hub's Kopf side: thin handlers that feed the registry, and Kopf's settings.
+
+Only `@kopf.index` and `@kopf.on.event` are used: they store no handler state, add no
+finalizers and write nothing onto Nodes. Kopf runs every on.event handler only after
+all indices hold the initial listing, so the first call marks the registry complete.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Any
+
+import kopf
+from kubernetes_asyncio import client
+
+from wgkube.operator.loop import HubLoop
+from wgkube.operator.registry import PeerRegistry
+
+
+async def connection_info(configuration: client.Configuration) -> kopf.ConnectionInfo:
+    """Kopf logs in with exactly the credentials our own client uses."""
+    header: Any = configuration.get_api_key_with_prefix("BearerToken")
+    if inspect.isawaitable(header):
+        header = await header
+    parts = str(header).split(" ", 1) if header else []
+    scheme, token = (
+        (None, None) if not parts else (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+    )
+    return kopf.ConnectionInfo(
+        server=str(configuration.host),
+        ca_path=configuration.ssl_ca_cert,
+        insecure=not configuration.verify_ssl,
+        scheme=scheme,
+        token=token,
+        certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file,
+        default_namespace="default",
+    )
+
+
+def build_registry(
+    peers: PeerRegistry, loop: HubLoop, configuration: client.Configuration
+) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.startup(registry=registry)
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.peering.standalone = True
+        settings.scanning.disabled = True
+        settings.posting.level = logging.WARNING
+        settings.watching.reconnect_backoff = 0.5
+        settings.watching.server_timeout = 300
+        settings.watching.client_timeout = 330
+        settings.networking.request_timeout = 30
+
+    @kopf.on.login(registry=registry)
+    async def login(**_: Any) -> kopf.ConnectionInfo:
+        return await connection_info(configuration)
+
+    @kopf.index("nodes", registry=registry)
+    def peer_nodes(body: kopf.Body, **_: Any) -> None:
+        if peers.observe(body):
+            loop.wake()
+
+    @kopf.on.event("nodes", registry=registry)
+    def node_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        if event.get("type") == "DELETED" and peers.observe(body, deleted=True):
+            loop.wake()
+        if not loop.listed.is_set():
+            loop.listed.set()
+            loop.wake()
+
+    return registry

@@ -1,0 +1,136 @@
+"""The hub's single reconcile loop: woken by events, debounced, plus a periodic resync."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from wgkube.desired.hub import hub_state
+from wgkube.desired.model import INVALID, DeviceSpec, Rejection
+from wgkube.domain.errors import WgKubeError
+from wgkube.operator.registry import PeerRegistry
+from wgkube.reconcile import Reconciler
+
+log = logging.getLogger("wgkube.hub")
+
+Reporter = Callable[[Rejection], Awaitable[None]]
+Relister = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class LoopStats:
+    reconciles: int = 0
+    operations: int = 0
+    failures: int = 0
+    last_success: float = 0.0
+    last_duration: float = 0.0
+    peers: int = 0
+    rejected: int = 0
+
+
+@dataclass
+class HubLoop:
+    """Handlers only touch the registry and call `wake()`; this loop does everything else.
+
+    The loop never runs before `listed` is set (the initial listing is complete), so an
+    empty registry at start-up cannot wipe the peers the kernel already has.
+    """
+
+    device: DeviceSpec
+    reconciler: Reconciler
+    registry: PeerRegistry
+    report: Reporter
+    relist: Relister | None = None
+    debounce: float = 0.2
+    resync_interval: float = 60.0
+    persistent_keepalive: int = 0
+    listed: asyncio.Event = field(default_factory=asyncio.Event)
+    stats: LoopStats = field(default_factory=LoopStats)
+    _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    _reported: dict[str, Rejection] = field(default_factory=dict)
+    _healthy: bool = False
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    @property
+    def ready(self) -> bool:
+        return self.listed.is_set() and self._healthy
+
+    async def run(self) -> None:
+        await self.listed.wait()
+        log.info("initial Node listing complete: %d peer Node(s) known", len(self.registry))
+        next_resync = time.monotonic() + self.resync_interval
+        backoff = 0.5
+        while True:
+            timeout = max(0.0, next_resync - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+            resync = time.monotonic() >= next_resync
+            if self._wakeup.is_set() and self.debounce:
+                await asyncio.sleep(self.debounce)  # gather the burst
+            self._wakeup.clear()
+            if resync and self.relist is not None:
+                try:
+                    await self.relist()
+                except WgKubeError as exc:
+                    log.warning("resync: cannot list Nodes (%s); keeping the current peers", exc)
+            try:
+                await self.reconcile_once()
+            except WgKubeError as exc:
+                self.stats.failures += 1
+                self._healthy = False
+                log.error("reconcile failed: %s; retrying in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                self.wake()
+                continue
+            backoff = 0.5
+            if resync:
+                next_resync = time.monotonic() + self.resync_interval
+
+    async def reconcile_once(self) -> None:
+        started = time.monotonic()
+        desired, rejections = hub_state(
+            self.device, self.registry.records(), persistent_keepalive=self.persistent_keepalive
+        )
+        rejections += [
+            Rejection(e.ref.name, INVALID, e.error or "") for e in self.registry.invalid()
+        ]
+        await self._report(rejections)
+        ops = await self.reconciler.reconcile(desired)
+        self._healthy = True
+        self.stats.reconciles += 1
+        self.stats.operations += len(ops)
+        self.stats.last_success = time.time()
+        self.stats.last_duration = time.monotonic() - started
+        self.stats.peers = len(desired.peers or {})
+        self.stats.rejected = len(rejections)
+        if ops:
+            log.info(
+                "reconciled: %d peer(s), %d rejected, %d change(s) in %.3fs",
+                self.stats.peers,
+                len(rejections),
+                len(ops),
+                self.stats.last_duration,
+            )
+
+    async def _report(self, rejections: list[Rejection]) -> None:
+        current = {r.node: r for r in rejections}
+        for node, rejection in sorted(current.items()):
+            if self._reported.get(node) == rejection:
+                continue
+            log.warning("peer %s skipped (%s): %s", node, rejection.reason, rejection.message)
+            try:
+                await self.report(rejection)
+            except WgKubeError as exc:
+                log.warning("cannot post the Event for node %s: %s", node, exc)
+                continue
+            self._reported[node] = rejection
+        for node in set(self._reported) - set(current):
+            log.info("peer %s is no longer rejected", node)
+            del self._reported[node]

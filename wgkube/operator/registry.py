@@ -1,0 +1,93 @@
+"""The hub's in-memory peer registry, fed by Node events and by full re-lists."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from wgkube.domain.annotations import (
+    Keys,
+    NodeBody,
+    PeerRecord,
+    decode_peer,
+    is_peer,
+    node_name,
+)
+from wgkube.domain.errors import AnnotationError
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRef:
+    """Enough of a Node to post an Event about it."""
+
+    name: str
+    uid: str
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    ref: NodeRef
+    record: PeerRecord | None
+    error: str | None
+    """Why the Node's data cannot be used (names the node, the key and the fault)."""
+
+
+class PeerRegistry:
+    """Node name -> decoded peer (or the reason it cannot be used). Knows nothing of kopf."""
+
+    def __init__(self, keys: Keys, own_node: str) -> None:
+        self._keys = keys
+        self._own = own_node
+        self._entries: dict[str, Entry] = {}
+        self.version = 0
+        """Bumped on every change, so the loop can tell whether anything happened."""
+
+    def observe(self, node: NodeBody, *, deleted: bool = False) -> bool:
+        """Take one Node as it now is; returns whether the registry changed."""
+        name = node_name(node)
+        if not name or name == self._own:
+            return False
+        if deleted or not is_peer(node, self._keys):
+            return self._set(name, None)
+        ref = NodeRef(name, str(node.get("metadata", {}).get("uid") or ""))
+        try:
+            entry = Entry(ref, decode_peer(node, self._keys), None)
+        except AnnotationError as exc:
+            entry = Entry(ref, None, str(exc))
+        return self._set(name, entry)
+
+    def replace_all(self, nodes: Iterable[NodeBody]) -> bool:
+        """An authoritative list: Nodes absent from it are gone (missed deletions)."""
+        seen: set[str] = set()
+        changed = False
+        for node in nodes:
+            seen.add(node_name(node))
+            changed |= self.observe(node)
+        for name in list(self._entries):
+            if name not in seen:
+                changed |= self._set(name, None)
+        return changed
+
+    def _set(self, name: str, entry: Entry | None) -> bool:
+        old = self._entries.get(name)
+        if old == entry:
+            return False
+        if entry is None:
+            del self._entries[name]
+        else:
+            self._entries[name] = entry
+        self.version += 1
+        return True
+
+    def records(self) -> list[PeerRecord]:
+        return [e.record for e in self._entries.values() if e.record is not None]
+
+    def invalid(self) -> list[Entry]:
+        return [e for e in self._entries.values() if e.error is not None]
+
+    def ref(self, name: str) -> NodeRef:
+        entry = self._entries.get(name)
+        return entry.ref if entry else NodeRef(name, "")
+
+    def __len__(self) -> int:
+        return len(self._entries)

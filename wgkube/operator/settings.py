@@ -1,0 +1,160 @@
+"""The hub operator's settings: the original's flags with the same defaults, plus ours."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from wgkube.domain.annotations import DEFAULT_PREFIX, Keys
+from wgkube.domain.net import (
+    DEFAULT_PORT,
+    Endpoint,
+    IPInterface,
+    IPNetwork,
+    normalize_networks,
+    parse_interface,
+    parse_networks,
+)
+from wgkube.kernel.port import ROUTE_PROTOCOL
+
+
+def _env(name: str, flag: str | None = None) -> Any:
+    extra: dict[str, str] = {"env": name}
+    if flag:
+        extra["flag"] = flag
+    return extra
+
+
+class HubSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True, extra="forbid")
+
+    annotation_prefix: str = Field(DEFAULT_PREFIX, json_schema_extra=_env("ANNOTATION_PREFIX"))
+    """Prefix for all annotations and labels."""
+
+    listen_port: int = Field(DEFAULT_PORT, ge=1, le=65535, json_schema_extra=_env("WG_LISTEN_PORT"))
+    """WireGuard UDP listen port."""
+
+    address: tuple[IPInterface, ...] = Field(
+        (parse_interface("100.96.0.1/32"),), json_schema_extra=_env("WG_ADDRESS")
+    )
+    """WireGuard interface address(es), CIDR; a comma list for dual stack."""
+
+    allowed_ips: tuple[IPNetwork, ...] | None = Field(
+        None, json_schema_extra=_env("WG_ALLOWED_IPS")
+    )
+    """CIDRs the hub advertises to spokes, published as an annotation (default: --address)."""
+
+    node_name: str = Field(..., min_length=1, json_schema_extra=_env("NODE_NAME"))
+    """This hub's Kubernetes Node name."""
+
+    interface: str = Field(
+        "wg0", min_length=1, max_length=15, json_schema_extra=_env("WG_INTERFACE")
+    )
+    """WireGuard interface name."""
+
+    private_key_file: Path | None = Field(None, json_schema_extra=_env("WG_PRIVATE_KEY_FILE"))
+    """Private key file; created (0600) when missing (default: <key-dir>/<interface>.key)."""
+
+    key_dir: Path = Field(Path("/var/lib/wg-kube"), json_schema_extra=_env("WG_KEY_DIR"))
+    """Directory of the default key file; mount it from the host to keep the identity."""
+
+    endpoint: str | None = Field(None, json_schema_extra=_env("WG_ENDPOINT"))
+    """Endpoint to publish, IP or IP:port (default: the Node's ExternalIP and --listen-port)."""
+
+    kubeconfig: Path | None = Field(None, json_schema_extra=_env("KUBECONFIG"))
+    """Kubeconfig for out-of-cluster use (default: in-cluster credentials)."""
+
+    backend: Literal["auto", "kernel", "userspace", "memory"] = Field(
+        "auto", json_schema_extra=_env("WG_BACKEND")
+    )
+    """WireGuard implementation: kernel module, wireguard-go, or auto (kernel when it can)."""
+
+    debounce: float = Field(0.2, ge=0, le=60, json_schema_extra=_env("WG_DEBOUNCE"))
+    """Seconds to gather Node events before one reconcile."""
+
+    resync_interval: float = Field(60.0, gt=0, json_schema_extra=_env("WG_RESYNC_INTERVAL"))
+    """Seconds between full resyncs (re-list Nodes, repair drift made by hand)."""
+
+    persistent_keepalive: int = Field(
+        0, ge=0, le=65535, json_schema_extra=_env("WG_PERSISTENT_KEEPALIVE")
+    )
+    """Persistent keepalive applied to every peer, seconds; 0 is off."""
+
+    mtu: int | None = Field(None, ge=1280, le=65535, json_schema_extra=_env("WG_MTU"))
+    """Interface MTU (default: leave the implementation's, 1420)."""
+
+    route_protocol: int = Field(
+        ROUTE_PROTOCOL, ge=5, le=255, json_schema_extra=_env("WG_ROUTE_PROTOCOL")
+    )
+    """rtnetlink protocol number marking the routes wg-kube owns."""
+
+    probe_address: str = Field("0.0.0.0:9798", json_schema_extra=_env("WG_PROBE_ADDRESS"))
+    """host:port serving /healthz, /readyz and /metrics; empty disables."""
+
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", json_schema_extra=_env("WG_LOG_LEVEL")
+    )
+    """Log level."""
+
+    @field_validator("address", mode="before")
+    @classmethod
+    def _address(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            items = [p for p in value.replace(" ", ",").split(",") if p]
+            if not items:
+                raise ValueError("at least one address is required")
+            return tuple(parse_interface(p) for p in items)
+        return value
+
+    @field_validator("allowed_ips", mode="before")
+    @classmethod
+    def _allowed(cls, value: Any) -> Any:
+        return parse_networks(value) if isinstance(value, str) else value
+
+    @field_validator("annotation_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        Keys(prefix=value)
+        return value
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value:
+            Endpoint.parse(value)
+        return value or None
+
+    @model_validator(mode="after")
+    def _check(self) -> HubSettings:
+        if self.interface in {".", ".."} or "/" in self.interface or " " in self.interface:
+            raise ValueError(f"invalid interface name {self.interface!r}")
+        return self
+
+    @property
+    def keys(self) -> Keys:
+        return Keys(prefix=self.annotation_prefix)
+
+    @property
+    def advertised(self) -> tuple[IPNetwork, ...]:
+        if self.allowed_ips:
+            return self.allowed_ips
+        return normalize_networks(a.network for a in self.address)
+
+    @property
+    def key_path(self) -> Path:
+        return self.private_key_file or self.key_dir / f"{self.interface}.key"
+
+    def published_endpoint(self, external_ip: str | None) -> Endpoint | None:
+        if self.endpoint:
+            return Endpoint.parse(self.endpoint, default_port=self.listen_port)
+        if external_ip:
+            return Endpoint(ipaddress.ip_address(external_ip), self.listen_port)
+        return None
+
+    def routes_between_spokes(self) -> bool:
+        """True when the advertised CIDRs reach beyond the hub's own addresses."""
+        own = {ipaddress.ip_network(a.ip) for a in self.address}
+        return any(net not in own for net in self.advertised)
