@@ -95,12 +95,14 @@ class Api:
         )
 
     async def list_nodes(
-        self, label_selector: str | None = None
+        self, label_selector: str | None = None, field_selector: str | None = None
     ) -> tuple[list[dict[str, Any]], str]:
         """The matching Nodes and the list's resourceVersion (to start a watch from)."""
         kwargs: dict[str, Any] = {}
         if label_selector:
             kwargs["label_selector"] = label_selector
+        if field_selector:
+            kwargs["field_selector"] = field_selector
         data = await self._json(self._core.list_node, **kwargs)
         return list(data.get("items") or []), str(
             data.get("metadata", {}).get("resourceVersion", "")
@@ -110,6 +112,7 @@ class Api:
         self,
         *,
         label_selector: str | None,
+        field_selector: str | None = None,
         resource_version: str,
         timeout_seconds: int,
     ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
@@ -123,6 +126,8 @@ class Api:
             kwargs["resource_version"] = resource_version
         if label_selector:
             kwargs["label_selector"] = label_selector
+        if field_selector:
+            kwargs["field_selector"] = field_selector
         try:
             response: Any = await self._core.list_node(
                 _preload_content=False,

@@ -1,0 +1,244 @@
+"""The spoke agent's steady state: keep its Node registered and follow the hub."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from wgkube.desired.model import DesiredState, DeviceSpec
+from wgkube.desired.spoke import spoke_state
+from wgkube.domain.annotations import (
+    HubRecord,
+    NodeBody,
+    creation_time,
+    decode_hub,
+    is_hub,
+    is_peer,
+    node_annotations,
+    node_name,
+    registration_patch,
+)
+from wgkube.domain.errors import AnnotationError, WgKubeError
+from wgkube.domain.keys import PrivateKey
+from wgkube.kube.client import Api, KubeApiError
+from wgkube.kube.watch import follow_nodes
+from wgkube.reconcile import Reconciler
+from wgkube.spoke_agent.settings import SpokeSettings
+
+log = logging.getLogger("wgkube.spoke")
+
+
+def device_spec(settings: SpokeSettings, key: PrivateKey) -> DeviceSpec:
+    return DeviceSpec(
+        name=settings.interface,
+        private_key=key,
+        listen_port=settings.listen_port,
+        addresses=settings.address,
+        mtu=settings.mtu,
+    )
+
+
+def choose_hub(nodes: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Several hubs: the oldest Node wins, then the name; deterministic on every spoke."""
+    if not nodes:
+        return None
+
+    def order(node: NodeBody) -> tuple[str, str]:
+        created = creation_time(node)
+        return (created.isoformat() if created else "", node_name(node))
+
+    return sorted(nodes, key=order)[0]
+
+
+@dataclass
+class SpokeAgent:
+    settings: SpokeSettings
+    key: PrivateKey
+    api: Api
+    reconciler: Reconciler
+    hub: HubRecord | None = None
+    """The last good hub configuration; kept when the hub's annotations go bad."""
+    _hubs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _said: set[str] = field(default_factory=set)
+    _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    _register: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def device(self) -> DeviceSpec:
+        return device_spec(self.settings, self.key)
+
+    def desired(self) -> DesiredState:
+        return spoke_state(
+            self.device,
+            self.hub,
+            hub_allowed_ips=self.settings.hub_allowed_ips,
+            persistent_keepalive=self.settings.persistent_keepalive,
+        )
+
+    def _once(self, message: str, *args: object, level: int = logging.WARNING) -> None:
+        """Log a message once until the situation changes (not every poll)."""
+        text = message % args
+        if text not in self._said:
+            self._said.add(text)
+            log.log(level, "%s", text)
+
+    # -- registration ---------------------------------------------------------------------
+    def registration(self) -> dict[str, Any]:
+        patch = registration_patch(
+            self.settings.keys,
+            role="peer",
+            public_key=self.key.public_key(),
+            allowed_ips=self.settings.advertised,
+            endpoint=self.settings.own_endpoint,
+        )
+        if self.settings.own_endpoint is None:
+            # Never delete an endpoint somebody annotated by hand.
+            del patch["metadata"]["annotations"][self.settings.keys.endpoint]
+        return patch
+
+    def registered(self, node: NodeBody) -> bool:
+        want = self.registration()["metadata"]
+        have = node_annotations(node)
+        return is_peer(node, self.settings.keys) and all(
+            have.get(k) == v for k, v in want["annotations"].items()
+        )
+
+    async def register(self) -> None:
+        await self.api.patch_node(self.settings.node_name, self.registration())
+        log.info(
+            "registered node %s as a peer: public key %s, allowed-ips %s",
+            self.settings.node_name,
+            self.key.public_key(),
+            ",".join(map(str, self.settings.advertised)),
+        )
+
+    async def _own_list(self, items: list[dict[str, Any]]) -> None:
+        if not items:
+            self._once("node %s does not exist in the API yet", self.settings.node_name)
+            return
+        await self._own_event("MODIFIED", items[0])
+
+    async def _own_event(self, kind: str, node: dict[str, Any]) -> None:
+        if kind != "DELETED" and not self.registered(node):
+            self._register.set()
+
+    # -- the hub ----------------------------------------------------------------------------
+    async def _hub_list(self, items: list[dict[str, Any]]) -> None:
+        self._hubs = {node_name(n): n for n in items if is_hub(n, self.settings.keys)}
+        self._pick()
+
+    async def _hub_event(self, kind: str, node: dict[str, Any]) -> None:
+        name = node_name(node)
+        if kind == "DELETED" or not is_hub(node, self.settings.keys):
+            self._hubs.pop(name, None)
+        else:
+            self._hubs[name] = node
+        self._pick()
+
+    def _pick(self) -> None:
+        chosen = choose_hub(list(self._hubs.values()))
+        if chosen is None:
+            if self.hub is None:
+                self._once(
+                    "no hub yet: waiting for a Node labelled %s",
+                    self.settings.keys.hub_selector(),
+                    level=logging.INFO,
+                )
+            else:
+                self._once(
+                    "the hub Node is gone; keeping the last good hub configuration (%s)",
+                    self.hub.node,
+                )
+            return
+        if len(self._hubs) > 1:
+            self._once(
+                "%d Nodes are labelled as hubs (%s); using %s (the oldest)",
+                len(self._hubs),
+                ", ".join(sorted(self._hubs)),
+                node_name(chosen),
+            )
+        try:
+            record = decode_hub(chosen, self.settings.keys)
+        except AnnotationError as exc:
+            what = "keeping the last good configuration" if self.hub else "waiting for valid data"
+            self._once("hub data unusable, %s: %s", what, exc, level=logging.ERROR)
+            return
+        if record != self.hub:
+            log.info(
+                "hub %s: public key %s, endpoint %s, allowed-ips %s",
+                record.node,
+                record.public_key,
+                record.endpoint or "(none)",
+                ",".join(map(str, record.allowed_ips)),
+            )
+            self.hub = record
+            self._said.clear()
+        self._wakeup.set()
+
+    async def _api_error(self, exc: KubeApiError) -> None:
+        self._once("API server unavailable (%s); the tunnel stays as it is, retrying", exc)
+
+    # -- loops --------------------------------------------------------------------------
+    async def run(self) -> None:
+        tasks = [
+            asyncio.create_task(
+                follow_nodes(
+                    self.api,
+                    field_selector=f"metadata.name={self.settings.node_name}",
+                    on_list=self._own_list,
+                    on_event=self._own_event,
+                    on_error=self._api_error,
+                ),
+                name="own node",
+            ),
+            asyncio.create_task(
+                follow_nodes(
+                    self.api,
+                    label_selector=self.settings.keys.hub_selector(),
+                    on_list=self._hub_list,
+                    on_event=self._hub_event,
+                    on_error=self._api_error,
+                ),
+                name="hub",
+            ),
+            asyncio.create_task(self._registration_loop(), name="registration"),
+            asyncio.create_task(self._reconcile_loop(), name="reconcile"),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _registration_loop(self) -> None:
+        self._register.set()
+        backoff = 0.5
+        while True:
+            await self._register.wait()
+            self._register.clear()
+            try:
+                await self.register()
+                backoff = 0.5
+            except KubeApiError as exc:
+                self._once("cannot register node %s: %s; retrying", self.settings.node_name, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                self._register.set()
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), self.settings.poll_interval)
+            self._wakeup.clear()
+            try:
+                await self.reconciler.reconcile(self.desired())
+            except WgKubeError as exc:
+                log.error("reconcile failed: %s; retrying", exc)
+                await asyncio.sleep(1.0)
+                self._wakeup.set()

@@ -1,0 +1,164 @@
+"""`wg-kube spoke`: interface first, then (optionally in the background) register and follow."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+
+from wgkube.config import SettingsError, fail, parse_settings
+from wgkube.desired.model import DesiredState
+from wgkube.domain.errors import KernelError, KeyFileError
+from wgkube.domain.keys import PrivateKey, load_private_key
+from wgkube.kernel import open_kernel
+from wgkube.kube.client import Api, KubeApiError
+from wgkube.reconcile import Reconciler
+from wgkube.spoke_agent.agent import SpokeAgent, device_spec
+from wgkube.spoke_agent.settings import SpokeSettings
+
+log = logging.getLogger("wgkube.spoke")
+
+DESCRIPTION = "Run the wg-kube spoke agent: register this Node and keep a tunnel to the hub."
+
+
+def run(argv: Sequence[str]) -> int:
+    try:
+        settings = parse_settings(
+            SpokeSettings, argv, prog="wg-kube spoke", description=DESCRIPTION
+        )
+    except SettingsError as exc:
+        return fail("wg-kube spoke", exc)
+    setup_logging(settings.log_level)
+    try:
+        key = load_private_key(settings.key_path, create=not settings.down)[0]
+        if settings.down:
+            asyncio.run(down(settings, key))
+            return 0
+        # The interface and its address exist before any API call, so a kubelet started
+        # right after us can bind --node-ip to the WireGuard address.
+        asyncio.run(bring_up(settings, key))
+    except KeyFileError as exc:
+        log.critical("cannot use the spoke's private key: %s", exc)
+        return 1
+    except KernelError as exc:
+        log.critical("cannot set up the WireGuard device: %s", exc)
+        return 1
+    if settings.daemonize and not daemonize(settings):
+        return 0  # the parent returns; the child carries on below
+    notify("READY=1")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(settings, key))
+    return 0
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        force=True,
+    )
+
+
+async def bring_up(settings: SpokeSettings, key: PrivateKey) -> None:
+    kernel = await open_kernel(settings.backend, route_protocol=settings.route_protocol)
+    try:
+        log.info("WireGuard backend: %s; public key %s", kernel.name, key.public_key())
+        await Reconciler(kernel).reconcile(DesiredState(device=device_spec(settings, key)))
+        log.info(
+            "interface %s is up with %s",
+            settings.interface,
+            ",".join(map(str, settings.address)),
+        )
+    finally:
+        await kernel.close()
+
+
+def daemonize(settings: SpokeSettings) -> bool:
+    """Double fork; True in the background child, False in the returning parent."""
+    if os.fork() > 0:
+        return False
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    settings.log_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(settings.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    os.close(null)
+    setup_logging(settings.log_level)
+    log.info("running in the background (pid %d), logging to %s", os.getpid(), settings.log_file)
+    return True
+
+
+def notify(state: str) -> None:
+    """sd_notify(3) for Type=notify units; a no-op outside systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+    except OSError as exc:
+        log.warning("cannot notify systemd: %s", exc)
+
+
+async def serve(settings: SpokeSettings, key: PrivateKey) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    kernel = await open_kernel(settings.backend, route_protocol=settings.route_protocol)
+    api = await Api.connect(settings.kubeconfig)
+    agent = SpokeAgent(settings=settings, key=key, api=api, reconciler=Reconciler(kernel))
+    task = asyncio.create_task(agent.run())
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait([task, stopper], return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            task.result()
+    finally:
+        task.cancel()
+        stopper.cancel()
+        await asyncio.gather(task, stopper, return_exceptions=True)
+        await api.close()
+        await kernel.close()
+        # Stopping must not cut this node off: the interface and the hub peer stay.
+        log.info("stopped; interface %s left in place", settings.interface)
+
+
+async def down(settings: SpokeSettings, key: PrivateKey) -> None:
+    """Undo the agent: unregister the Node (best effort), then remove the interface."""
+    keys = settings.keys
+    try:
+        async with await Api.connect(settings.kubeconfig) as api:
+            await api.patch_node(
+                settings.node_name,
+                {
+                    "metadata": {
+                        "labels": {keys.peer: None},
+                        "annotations": {keys.public_key: None, keys.allowed_ips: None}
+                        | ({keys.endpoint: None} if settings.endpoint else {}),
+                    }
+                },
+            )
+        log.info("unregistered node %s", settings.node_name)
+    except KubeApiError as exc:
+        log.warning("cannot unregister node %s: %s", settings.node_name, exc)
+    kernel = await open_kernel(settings.backend, route_protocol=settings.route_protocol)
+    try:
+        await kernel.delete(settings.interface)
+        log.info("removed interface %s (key %s kept)", settings.interface, settings.key_path)
+    finally:
+        await kernel.close()

@@ -1,0 +1,175 @@
+"""The spoke agent's settings: the original script's variables with the same defaults."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from wgkube.domain.annotations import DEFAULT_PREFIX, Keys
+from wgkube.domain.net import (
+    DEFAULT_PORT,
+    Endpoint,
+    IPInterface,
+    IPNetwork,
+    normalize_networks,
+    parse_interface,
+    parse_networks,
+)
+from wgkube.kernel.port import ROUTE_PROTOCOL
+
+
+def _env(name: str, flag: str) -> Any:
+    return {"env": name, "flag": flag}
+
+
+class SpokeSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True, extra="forbid")
+
+    kubeconfig: Path = Field(
+        Path("/etc/kubernetes/kubelet.conf"), json_schema_extra=_env("KUBECONFIG", "--kubeconfig")
+    )
+    """Path to kubeconfig (the kubelet's credentials can patch only this Node)."""
+
+    node_name: str = Field(
+        default_factory=socket.gethostname,
+        min_length=1,
+        json_schema_extra=_env("NODE_NAME", "--node-name"),
+    )
+    """This node's Kubernetes name (default: the hostname)."""
+
+    interface: str = Field(
+        "wg0", min_length=1, max_length=15, json_schema_extra=_env("WG_INTERFACE", "--interface")
+    )
+    """WireGuard interface name."""
+
+    address: tuple[IPInterface, ...] = Field(
+        (parse_interface("100.96.0.2/32"),), json_schema_extra=_env("WG_ADDRESS", "--address")
+    )
+    """Local WireGuard address (CIDR); a comma list for dual stack."""
+
+    listen_port: int = Field(
+        DEFAULT_PORT, ge=1, le=65535, json_schema_extra=_env("WG_LISTEN_PORT", "--listen-port")
+    )
+    """Local listen port."""
+
+    allowed_ips: tuple[IPNetwork, ...] | None = Field(
+        None, json_schema_extra=_env("WG_ALLOWED_IPS", "--allowed-ips")
+    )
+    """CIDRs to advertise to the hub (default: WG_ADDRESS)."""
+
+    hub_allowed_ips: tuple[IPNetwork, ...] | None = Field(
+        None, json_schema_extra=_env("HUB_ALLOWED_IPS", "--hub-allowed-ips")
+    )
+    """CIDRs to route through the hub (overrides the hub's allowed-ips annotation)."""
+
+    annotation_prefix: str = Field(
+        DEFAULT_PREFIX, json_schema_extra=_env("ANNOTATION_PREFIX", "--annotation-prefix")
+    )
+    """Annotation/label prefix."""
+
+    poll_interval: float = Field(
+        10.0, gt=0, json_schema_extra=_env("POLL_INTERVAL", "--poll-interval")
+    )
+    """Seconds between full resyncs; changes arrive by watch long before."""
+
+    daemonize: bool = Field(False, json_schema_extra=_env("WG_DAEMONIZE", "--daemonize"))
+    """Return once the interface is up and keep running in the background (cloud-init)."""
+
+    log_file: Path = Field(
+        Path("/var/log/wg-spoke.log"), json_schema_extra=_env("WG_LOG_FILE", "--log-file")
+    )
+    """Log file when daemonized."""
+
+    private_key_file: Path | None = Field(
+        None, json_schema_extra=_env("WG_PRIVATE_KEY_FILE", "--private-key-file")
+    )
+    """Private key file, created (0600) when missing (default: /var/lib/wg-kube/<iface>.key)."""
+
+    endpoint: str | None = Field(None, json_schema_extra=_env("WG_ENDPOINT", "--endpoint"))
+    """This node's own endpoint to publish, IP or IP:port (default: none; the hub learns it)."""
+
+    persistent_keepalive: int = Field(
+        25,
+        ge=0,
+        le=65535,
+        json_schema_extra=_env("WG_PERSISTENT_KEEPALIVE", "--persistent-keepalive"),
+    )
+    """Keepalive towards the hub, seconds; 0 is off (spokes are usually behind NAT)."""
+
+    backend: Literal["auto", "kernel", "userspace", "memory"] = Field(
+        "auto", json_schema_extra=_env("WG_BACKEND", "--backend")
+    )
+    """WireGuard implementation: kernel module, wireguard-go, or auto."""
+
+    mtu: int | None = Field(None, ge=1280, le=65535, json_schema_extra=_env("WG_MTU", "--mtu"))
+    """Interface MTU (default: the implementation's, 1420)."""
+
+    route_protocol: int = Field(
+        ROUTE_PROTOCOL,
+        ge=5,
+        le=255,
+        json_schema_extra=_env("WG_ROUTE_PROTOCOL", "--route-protocol"),
+    )
+    """rtnetlink protocol number marking the routes wg-kube owns."""
+
+    down: bool = Field(False, json_schema_extra=_env("WG_DOWN", "--down"))
+    """Remove what the agent created (registration, interface, routes) and exit."""
+
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", json_schema_extra=_env("WG_LOG_LEVEL", "--log-level")
+    )
+    """Log level."""
+
+    @field_validator("address", mode="before")
+    @classmethod
+    def _address(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            items = [p for p in value.replace(" ", ",").split(",") if p]
+            if not items:
+                raise ValueError("at least one address is required")
+            return tuple(parse_interface(p) for p in items)
+        return value
+
+    @field_validator("allowed_ips", "hub_allowed_ips", mode="before")
+    @classmethod
+    def _networks(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return parse_networks(value) if value.strip() else None
+        return value
+
+    @field_validator("annotation_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        Keys(prefix=value)
+        return value
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value:
+            Endpoint.parse(value)
+        return value or None
+
+    @property
+    def keys(self) -> Keys:
+        return Keys(prefix=self.annotation_prefix)
+
+    @property
+    def advertised(self) -> tuple[IPNetwork, ...]:
+        """WG_ALLOWED_IPS, else the networks of WG_ADDRESS (the original default)."""
+        if self.allowed_ips:
+            return self.allowed_ips
+        return normalize_networks(a.network for a in self.address)
+
+    @property
+    def key_path(self) -> Path:
+        return self.private_key_file or Path("/var/lib/wg-kube") / f"{self.interface}.key"
+
+    @property
+    def own_endpoint(self) -> Endpoint | None:
+        return (
+            Endpoint.parse(self.endpoint, default_port=self.listen_port) if self.endpoint else None
+        )
