@@ -78,7 +78,10 @@ class Api:
         try:
             response = await call(*args, _preload_content=False, **kwargs)
             async with response:
-                data: dict[str, Any] = await response.json(content_type=None)
+                data: Any = await response.json(content_type=None)
+                _check(response.status, data)
+                if not isinstance(data, dict):
+                    raise KubeApiError(f"unexpected API answer: {str(data)[:200]}")
                 return data
         except ApiException as exc:
             raise _translate(exc) from exc
@@ -139,6 +142,8 @@ class Api:
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise KubeApiError(f"API server unreachable: {exc}") from exc
         async with response:
+            if response.status >= 400:
+                _check(response.status, await response.json(content_type=None))
             try:
                 async for line in response.content:
                     if not line.strip():
@@ -191,6 +196,15 @@ class Api:
             "count": 1,
         }
         await self._json(self._core.create_namespaced_event, "default", body)
+
+
+def _check(status: int, data: Any) -> None:
+    """kubernetes-asyncio raises nothing for errors without preloading: check here."""
+    if status < 400:
+        return
+    message = data.get("message") if isinstance(data, dict) else None
+    cls = Gone if status == 410 else KubeApiError
+    raise cls(f"API error {status}: {message or str(data)[:200]}", status)
 
 
 def _translate(exc: ApiException) -> KubeApiError:

@@ -206,8 +206,8 @@ async def serve(settings: HubSettings) -> None:
             [*tasks, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
         )
         for task in done:
-            if task.exception() is not None and not task.cancelled():
-                raise task.exception()  # type: ignore[misc]
+            if not task.cancelled() and (error := task.exception()) is not None:
+                raise error
     finally:
         stop.set()
         for task in tasks:

@@ -217,7 +217,7 @@ class SpokeAgent:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _registration_loop(self) -> None:
-        self._register.set()
+        # Woken by the own-Node watch whenever the Node lacks our label or annotations.
         backoff = 0.5
         while True:
             await self._register.wait()
