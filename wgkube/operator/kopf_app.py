@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import kopf
 from kubernetes_asyncio import client
 
-from wgkube.operator.loop import HubLoop
-from wgkube.operator.registry import PeerRegistry
+from wgkube.operator.hub import Hub
 
 
 async def connection_info(configuration: client.Configuration) -> kopf.ConnectionInfo:
@@ -39,36 +39,45 @@ async def connection_info(configuration: client.Configuration) -> kopf.Connectio
     )
 
 
-def build_registry(
-    peers: PeerRegistry, loop: HubLoop, configuration: client.Configuration
-) -> kopf.OperatorRegistry:
-    registry = kopf.OperatorRegistry()
+def configure(settings: kopf.OperatorSettings) -> None:
+    settings.peering.standalone = True
+    settings.scanning.disabled = True
+    settings.posting.level = logging.WARNING
+    settings.watching.reconnect_backoff = 0.5
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 30
+
+
+def install(
+    registry: kopf.OperatorRegistry, current: Callable[[], Hub], *, login: bool = True
+) -> None:
+    """Register the handlers; `current()` returns the running Hub (set before watching).
+
+    Without `login`, Kopf's own login handlers apply (`kopf run` reads $KUBECONFIG).
+    """
 
     @kopf.on.startup(registry=registry)
-    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-        settings.peering.standalone = True
-        settings.scanning.disabled = True
-        settings.posting.level = logging.WARNING
-        settings.watching.reconnect_backoff = 0.5
-        settings.watching.server_timeout = 300
-        settings.watching.client_timeout = 330
-        settings.networking.request_timeout = 30
+    def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        configure(settings)
 
-    @kopf.on.login(registry=registry)
-    async def login(**_: Any) -> kopf.ConnectionInfo:
-        return await connection_info(configuration)
+    if login:
+
+        @kopf.on.login(registry=registry)
+        async def _login(**_: Any) -> kopf.ConnectionInfo:
+            return await connection_info(current().configuration)
 
     @kopf.index("nodes", registry=registry)
-    def peer_nodes(body: kopf.Body, **_: Any) -> None:
-        if peers.observe(body):
-            loop.wake()
+    def _peer_nodes(body: kopf.Body, **_: Any) -> None:
+        hub = current()
+        if hub.peers.observe(body):
+            hub.loop.wake()
 
     @kopf.on.event("nodes", registry=registry)
-    def node_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
-        if event.get("type") == "DELETED" and peers.observe(body, deleted=True):
-            loop.wake()
-        if not loop.listed.is_set():
-            loop.listed.set()
-            loop.wake()
-
-    return registry
+    def _node_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        hub = current()
+        if event.get("type") == "DELETED" and hub.peers.observe(body, deleted=True):
+            hub.loop.wake()
+        if not hub.loop.listed.is_set():
+            hub.loop.listed.set()
+            hub.loop.wake()
