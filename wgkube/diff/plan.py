@@ -103,7 +103,9 @@ def _peer_ops(
         baseline = have.endpoint
         if applied is not None and want.public_key in applied:
             baseline = applied[want.public_key]
-        if want.endpoint != baseline:
+        # Also skip it when the kernel already holds it (the peer roamed to the newly
+        # published address before we saw the annotation): rewriting it is a wasted write.
+        if want.endpoint != baseline and want.endpoint != have.endpoint:
             endpoint = want.endpoint
     want_psk = want.preshared_key if want.preshared_key and not want.preshared_key.is_zero else None
     psk: PresharedKey | None = None

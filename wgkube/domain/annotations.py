@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -26,6 +27,18 @@ NodeBody = Mapping[str, Any]
 """A Node as the API returns it (JSON decoded); kopf bodies and plain dicts both fit."""
 
 
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def _check_prefix(prefix: str) -> str:
+    # The API server refuses keys whose prefix is not a lowercase DNS subdomain of at
+    # most 253 characters; refuse them at start-up rather than on every patch.
+    name, slash, rest = prefix.partition("/")
+    if not slash or rest or len(name) > 253 or not _DNS_SUBDOMAIN.fullmatch(name):
+        raise InvalidInput(f"annotation prefix {prefix!r} must be a DNS name followed by one '/'")
+    return prefix
+
+
 class Keys(BaseModel):
     """The label and annotation keys under one prefix (default `wireguard.kube/`)."""
 
@@ -33,11 +46,13 @@ class Keys(BaseModel):
 
     prefix: str = DEFAULT_PREFIX
 
+    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
+        # Checked before pydantic runs, so a bad prefix raises InvalidInput (the error
+        # tree) rather than a pydantic ValidationError.
+        super().__init__(prefix=_check_prefix(prefix))
+
     def model_post_init(self, __context: Any) -> None:
-        if not self.prefix.endswith("/") or self.prefix.count("/") != 1 or len(self.prefix) < 2:
-            raise InvalidInput(
-                f"annotation prefix {self.prefix!r} must be a DNS name followed by one '/'"
-            )
+        _check_prefix(self.prefix)  # also on model_validate(), which skips __init__
 
     @property
     def hub(self) -> str:

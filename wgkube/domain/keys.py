@@ -30,8 +30,12 @@ def _decode(text: str, what: str) -> bytes:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise InvalidKey(f"{what} is not valid base64: {exc}") from exc
-    if len(raw) != KEY_LEN:  # pragma: no cover - 44 chars with one '=' is always 32 bytes
+    if len(raw) != KEY_LEN:  # 44 characters ending in '==' are 31 bytes
         raise InvalidKey(f"{what} decodes to {len(raw)} bytes, expected {KEY_LEN}")
+    if base64.b64encode(raw).decode() != text:
+        # Unused low bits set in the last character: `wg` refuses such a key, and two
+        # spellings of one key would make annotations that differ but mean the same.
+        raise InvalidKey(f"{what} is not canonical base64 (unused bits set in the last character)")
     return raw
 
 

@@ -72,7 +72,8 @@ class Endpoint:
 
 
 def _parse_port(port_text: str, whole: str) -> int:
-    if not port_text.isdigit():
+    # isascii: str.isdigit() and int() also accept non-ASCII (e.g. Arabic-Indic) digits.
+    if not (port_text.isascii() and port_text.isdigit()):
         raise InvalidEndpoint(f"{whole!r}: port {port_text!r} is not a number")
     port = int(port_text)
     if not 1 <= port <= 65535:
