@@ -1,3 +1,3 @@
 """Shared fixtures: the API server (emulator or real) and kernels, from tests/support."""
 
-pytest_plugins: list[str] = []
+pytest_plugins = ["tests.support.api"]
