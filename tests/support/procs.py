@@ -7,26 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-T = TypeVar("T")
-
-
-def wait_for(
-    probe: Callable[[], T | None], *, timeout: float = 20.0, interval: float = 0.05, what: str = ""
-) -> T:
-    """Poll `probe` until it returns something truthy; fail with `what` on timeout."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what or probe!r}; last: {last!r}")
+from wgkube.testing.apiserver import wait_for
 
 
 class Process:
@@ -49,8 +34,10 @@ class Process:
         return self.log_path.read_text(errors="replace")
 
     def wait_log(self, text: str, *, timeout: float = 20.0) -> None:
-        wait_for(lambda: text in self.log or self._dead(), timeout=timeout, what=f"log {text!r}")
-        assert text in self.log, f"process exited ({self.proc.returncode}) before {text!r}:\n{self.log}"
+        wait_for(lambda: text in self.log or self._dead(), timeout=timeout, message=f"log {text!r}")
+        assert text in self.log, (
+            f"process exited ({self.proc.returncode}) before {text!r}:\n{self.log}"
+        )
 
     def _dead(self) -> bool:
         return self.proc.poll() is not None

@@ -35,13 +35,16 @@ class _Claims:
         self._ends: dict[int, list[int]] = {4: [], 6: []}
         self._owners: dict[int, list[str]] = {4: [], 6: []}
 
-    def owner_of(self, net: IPNetwork) -> str | None:
+    def owners_of(self, net: IPNetwork) -> list[str]:
+        """Who holds anything inside or around `net`: a contiguous run ending at one bisect."""
         start, end = int(net.network_address), int(net.broadcast_address)
         starts, ends = self._starts[net.version], self._ends[net.version]
+        owners: list[str] = []
         i = bisect.bisect_right(starts, end) - 1
-        if i >= 0 and ends[i] >= start:
-            return self._owners[net.version][i]
-        return None
+        while i >= 0 and ends[i] >= start:
+            owners.append(self._owners[net.version][i])
+            i -= 1
+        return owners
 
     def grant(self, net: IPNetwork, owner: str) -> None:
         start, end = int(net.network_address), int(net.broadcast_address)
@@ -59,6 +62,17 @@ def _collapsed(nets: Iterable[IPNetwork]) -> list[IPNetwork]:
     return out
 
 
+HUB_OWNER = "the hub's own address"
+
+
+def _describe_owners(owners: list[str]) -> str:
+    """The hub first, then nodes by name; at most three named."""
+    unique = sorted(set(owners), key=lambda o: (o != HUB_OWNER, o))
+    named = [o if o == HUB_OWNER else f"node {o!r}" for o in unique[:3]]
+    more = f" and {len(unique) - 3} more" if len(unique) > 3 else ""
+    return ", ".join(named) + more
+
+
 def is_default_route(net: IPNetwork) -> bool:
     return net.prefixlen == 0
 
@@ -72,14 +86,15 @@ def hub_state(
     """Accept peers oldest first; a peer that conflicts with an accepted one is rejected whole.
 
     Conflicts: the hub's own public key, a public key already taken, or allowed-ips that
-    overlap the hub's own addresses or an accepted peer's allowed-ips. Default routes
-    (0.0.0.0/0, ::/0) are kept as allowed-ips but get no route: a spoke must never
-    capture the hub's default route.
+    overlap the hub's own addresses or an accepted peer's allowed-ips. A default route
+    (0.0.0.0/0, ::/0) therefore never passes while the hub has an address of that family
+    (a spoke must never capture the hub's traffic); were one accepted, it would still get
+    no kernel route.
     """
     own_key = device.private_key.public_key()
     claims = _Claims()
     for address in device.addresses:
-        claims.grant(ipaddress.ip_network(address.ip), "the hub's own address")
+        claims.grant(ipaddress.ip_network(address.ip), HUB_OWNER)
 
     peers: dict[PublicKey, PeerSpec] = {}
     key_owner: dict[PublicKey, str] = {}
@@ -101,15 +116,15 @@ def hub_state(
             )
             continue
         mine = _collapsed(record.allowed_ips)
-        clash = next(((n, o) for n in mine if (o := claims.owner_of(n)) is not None), None)
+        clash = next(((n, o) for n in mine if (o := claims.owners_of(n))), None)
         if clash is not None:
-            net, owner = clash
-            who = owner if owner.startswith("the hub") else f"node {owner!r}"
+            net, owners = clash
             rejections.append(
                 Rejection(
                     record.node,
                     CONFLICT,
-                    f"allowed-ips {net} overlaps {who} (the older Node keeps the prefix)",
+                    f"allowed-ips {net} overlaps {_describe_owners(owners)} "
+                    "(the older Node keeps the prefix)",
                 )
             )
             continue

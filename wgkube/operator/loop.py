@@ -110,7 +110,7 @@ class HubLoop:
         self.stats.last_duration = time.monotonic() - started
         self.stats.peers = len(desired.peers or {})
         self.stats.rejected = len(rejections)
-        if ops:
+        if ops or self.stats.reconciles == 1:
             log.info(
                 "reconciled: %d peer(s), %d rejected, %d change(s) in %.3fs",
                 self.stats.peers,
