@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
+import secrets
+import shlex
+import shutil
 from pathlib import Path
 from typing import Literal
 
+from wgkube.domain.errors import BackendUnavailable, KernelError
 from wgkube.kernel.port import MAIN_TABLE, ROUTE_PROTOCOL, Kernel
+
+log = logging.getLogger(__name__)
 
 Backend = Literal["auto", "kernel", "userspace", "memory"]
 
@@ -19,14 +27,93 @@ async def open_kernel(
     *,
     route_protocol: int = ROUTE_PROTOCOL,
     route_table: int = MAIN_TABLE,
+    netns: str | None = None,
 ) -> Kernel:
-    """The adapter for `backend`; `auto` takes kernel WireGuard when a link can be made."""
+    """The adapter for `backend`; `auto` takes kernel WireGuard when a link can be made.
+
+    `netns` names a network namespace (`ip netns`) to work in instead of our own.
+    """
     if backend == "memory":
         from wgkube.kernel.memory import MemoryKernel
 
         state = os.environ.get(MEMORY_STATE_ENV)
         return MemoryKernel(Path(state) if state else None)
-    raise NotImplementedError(backend)
+    if backend not in ("kernel", "userspace", "auto"):
+        raise BackendUnavailable(f"unknown WireGuard backend {backend!r}")
+    if backend in ("kernel", "auto"):
+        why_not_kernel = await kernel_wireguard_unavailable(netns)
+        if why_not_kernel is None:
+            from wgkube.kernel.netlink import NetlinkKernel
+
+            if backend == "auto":
+                log.info("backend auto: kernel WireGuard (a probe wireguard link was created)")
+            return NetlinkKernel(
+                netns=netns, route_protocol=route_protocol, route_table=route_table
+            )
+        if backend == "kernel":
+            raise BackendUnavailable(f"kernel WireGuard is not available: {why_not_kernel}")
+    why_not_userspace = userspace_unavailable()
+    if why_not_userspace is None:
+        from wgkube.kernel.userspace import UserspaceKernel
+
+        if backend == "auto":
+            log.info("backend auto: userspace WireGuard, because %s", why_not_kernel)
+        return UserspaceKernel(netns=netns, route_protocol=route_protocol, route_table=route_table)
+    if backend == "userspace":
+        raise BackendUnavailable(f"userspace WireGuard is not available: {why_not_userspace}")
+    raise BackendUnavailable(
+        f"no WireGuard backend: kernel ({why_not_kernel}); userspace ({why_not_userspace})"
+    )
 
 
-__all__ = ["MAIN_TABLE", "MEMORY_STATE_ENV", "ROUTE_PROTOCOL", "Backend", "Kernel", "open_kernel"]
+async def kernel_wireguard_unavailable(netns: str | None = None) -> str | None:
+    """None when a wireguard link can really be created here, else why not.
+
+    Checking for the module is not enough (it may be built in, or loadable on demand,
+    or present but forbidden to us); creating and deleting a throw-away link answers
+    exactly the question asked.
+    """
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    from wgkube.kernel.rtnl import Rtnl
+
+    rtnl = Rtnl(netns)
+    probe = f"wgkprobe{secrets.token_hex(3)}"
+    try:
+        await rtnl.create_link(probe, "wireguard")
+    except KernelError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, NetlinkError) and cause.code == errno.EOPNOTSUPP:
+            return "the kernel has no wireguard link type (module not loaded or not built)"
+        if isinstance(cause, NetlinkError) and cause.code == errno.EPERM:
+            return "no permission to create links (CAP_NET_ADMIN is needed)"
+        return f"a probe wireguard link could not be created: {exc}"
+    else:
+        await rtnl.delete_link(probe)
+        return None
+    finally:
+        rtnl.close()
+
+
+def userspace_unavailable() -> str | None:
+    """None when a userspace implementation can be started here, else why not."""
+    from wgkube.kernel.userspace import IMPLEMENTATION_ENV
+
+    command = shlex.split(os.environ.get(IMPLEMENTATION_ENV) or "wireguard-go")
+    if not command or shutil.which(command[0]) is None:
+        return f"{command[0] if command else '(empty)'} is not installed (${IMPLEMENTATION_ENV})"
+    if not os.path.exists("/dev/net/tun"):
+        return "/dev/net/tun does not exist"
+    return None
+
+
+__all__ = [
+    "MAIN_TABLE",
+    "MEMORY_STATE_ENV",
+    "ROUTE_PROTOCOL",
+    "Backend",
+    "Kernel",
+    "kernel_wireguard_unavailable",
+    "open_kernel",
+    "userspace_unavailable",
+]

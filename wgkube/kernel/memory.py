@@ -219,4 +219,3 @@ class MemoryKernel:
                 if other_key != op.public_key.b64:
                     other["allowed_ips"] = [n for n in other["allowed_ips"] if n not in taken]
             peer["allowed_ips"] = sorted(taken)
-

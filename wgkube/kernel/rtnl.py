@@ -1,0 +1,225 @@
+"""The rtnetlink half of the real adapters: link, MTU, up, addresses and owned routes.
+
+Both the kernel-WireGuard and the wireguard-go adapters keep the interface's addresses
+and routes in the kernel, so this one module does that work for both.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from socket import AF_INET, AF_INET6
+from typing import Any, NoReturn
+
+from pyroute2 import AsyncIPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from wgkube.domain.errors import DeviceNotFound, KernelError
+from wgkube.domain.net import IPInterface, IPNetwork
+
+_IGNORED_ON_REMOVE = frozenset({errno.ESRCH, errno.ENOENT, errno.EADDRNOTAVAIL})
+"""What the kernel answers when asked to delete a route or an address that is not there."""
+
+
+def translate(exc: BaseException, what: str) -> NoReturn:
+    """Raise the wg-kube error for a library error; ENODEV means the device is missing."""
+    if isinstance(exc, NetlinkError) and exc.code == errno.ENODEV:
+        raise DeviceNotFound(f"{what}: no such device") from exc
+    if isinstance(exc, NetlinkError):
+        raise KernelError(f"{what}: {exc.args[1] if len(exc.args) > 1 else exc}") from exc
+    raise KernelError(f"{what}: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class LinkInfo:
+    index: int
+    up: bool
+    mtu: int
+    kind: str | None
+
+
+class Rtnl:
+    """One rtnetlink connection (in `netns` when given), opened lazily and reused.
+
+    pyroute2 forks a helper to make a socket inside a named namespace, so a connection
+    is made once per adapter, not once per call.
+    """
+
+    def __init__(self, netns: str | None = None) -> None:
+        self.netns = netns
+        self._ipr: AsyncIPRoute | None = None
+
+    async def _conn(self) -> AsyncIPRoute:
+        if self._ipr is None:
+            # flags=0: a namespace that does not exist is an error, not silently created.
+            ipr = AsyncIPRoute(netns=self.netns, flags=0) if self.netns else AsyncIPRoute()
+            try:
+                await ipr.setup_endpoint()
+            except Exception as exc:
+                ipr.close()
+                translate(exc, f"open rtnetlink (netns {self.netns})")
+            self._ipr = ipr
+        return self._ipr
+
+    def close(self) -> None:
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
+
+    # -- links -----------------------------------------------------------------------
+    async def link(self, ifname: str) -> LinkInfo | None:
+        ipr = await self._conn()
+        try:
+            (msg,) = await ipr.link("get", ifname=ifname)
+        except NetlinkError as exc:
+            if exc.code == errno.ENODEV:
+                return None
+            translate(exc, f"get link {ifname}")
+        kind = None
+        linkinfo = msg.get_attr("IFLA_LINKINFO")
+        if linkinfo is not None:
+            kind = linkinfo.get_attr("IFLA_INFO_KIND")
+        return LinkInfo(
+            index=int(msg["index"]),
+            up=bool(msg["flags"] & 1),  # IFF_UP, what `ip link set up` sets
+            mtu=int(msg.get_attr("IFLA_MTU")),
+            kind=kind,
+        )
+
+    async def index(self, ifname: str) -> int:
+        info = await self.link(ifname)
+        if info is None:
+            raise DeviceNotFound(f"interface {ifname} does not exist")
+        return info.index
+
+    async def create_link(self, ifname: str, kind: str) -> None:
+        ipr = await self._conn()
+        try:
+            await ipr.link("add", ifname=ifname, kind=kind)
+        except NetlinkError as exc:
+            translate(exc, f"create {kind} link {ifname}")
+
+    async def delete_link(self, ifname: str) -> bool:
+        """Delete the link; False when it was not there."""
+        info = await self.link(ifname)
+        if info is None:
+            return False
+        ipr = await self._conn()
+        try:
+            await ipr.link("del", index=info.index)
+        except NetlinkError as exc:
+            if exc.code == errno.ENODEV:
+                return False
+            translate(exc, f"delete link {ifname}")
+        return True
+
+    async def set_link(self, index: int, **kwargs: Any) -> None:
+        ipr = await self._conn()
+        try:
+            await ipr.link("set", index=index, **kwargs)
+        except NetlinkError as exc:
+            translate(exc, f"set link #{index} {kwargs}")
+
+    # -- addresses ---------------------------------------------------------------------
+    async def addresses(self, index: int) -> frozenset[IPInterface]:
+        ipr = await self._conn()
+        found: set[IPInterface] = set()
+        try:
+            async for msg in _aiter(await ipr.addr("dump", index=index)):
+                if msg["index"] != index:
+                    continue
+                addr = msg.get_attr("IFA_ADDRESS")
+                if msg["family"] == AF_INET:
+                    # On point-to-point links IFA_ADDRESS is the peer; IFA_LOCAL is ours.
+                    addr = msg.get_attr("IFA_LOCAL") or addr
+                found.add(ipaddress.ip_interface(f"{addr}/{msg['prefixlen']}"))
+        except NetlinkError as exc:
+            translate(exc, f"list addresses of #{index}")
+        return frozenset(a for a in found if not _is_link_local(a))
+
+    async def add_address(self, index: int, address: IPInterface) -> None:
+        ipr = await self._conn()
+        try:
+            # replace: present already is success, as the port demands.
+            await ipr.addr(
+                "replace", index=index, address=str(address.ip), prefixlen=address.network.prefixlen
+            )
+        except NetlinkError as exc:
+            translate(exc, f"add address {address}")
+
+    async def remove_address(self, index: int, address: IPInterface) -> None:
+        ipr = await self._conn()
+        # Deleting an IPv4 primary address deletes the secondaries of its subnet too
+        # (unless the promote_secondaries sysctl is set): put back those we did not ask
+        # to remove, so that re-addressing within one subnet works in place.
+        siblings: frozenset[IPInterface] = frozenset()
+        if address.version == 4:
+            siblings = frozenset(
+                a
+                for a in await self.addresses(index)
+                if a.network == address.network and a != address
+            )
+        try:
+            await ipr.addr(
+                "del", index=index, address=str(address.ip), prefixlen=address.network.prefixlen
+            )
+        except NetlinkError as exc:
+            if exc.code in _IGNORED_ON_REMOVE:
+                return
+            translate(exc, f"remove address {address}")
+        if siblings:
+            for lost in siblings - await self.addresses(index):
+                await self.add_address(index, lost)
+
+    # -- routes --------------------------------------------------------------------------
+    async def routes(self, index: int, *, table: int, protocol: int) -> frozenset[IPNetwork]:
+        """Routes through `index` in `table` that carry `protocol`: exactly the ones we own."""
+        ipr = await self._conn()
+        found: set[IPNetwork] = set()
+        for family in (AF_INET, AF_INET6):
+            try:
+                dump = await ipr.route("dump", family=family, table=table, proto=protocol)
+                async for msg in _aiter(dump):
+                    if msg["proto"] != protocol or msg.get_attr("RTA_OIF") != index:
+                        continue
+                    if (msg.get_attr("RTA_TABLE") or msg["table"]) != table:
+                        continue
+                    dst = msg.get_attr("RTA_DST") or ("0.0.0.0" if family == AF_INET else "::")
+                    found.add(ipaddress.ip_network(f"{dst}/{msg['dst_len']}"))
+            except NetlinkError as exc:
+                translate(exc, f"list routes of #{index}")
+        return frozenset(found)
+
+    async def add_route(self, index: int, net: IPNetwork, *, table: int, protocol: int) -> None:
+        ipr = await self._conn()
+        try:
+            # replace: idempotent, and adopts a route to the same prefix made before a restart.
+            await ipr.route("replace", dst=str(net), oif=index, table=table, proto=protocol)
+        except NetlinkError as exc:
+            translate(exc, f"add route {net}")
+
+    async def remove_route(self, index: int, net: IPNetwork, *, table: int, protocol: int) -> None:
+        ipr = await self._conn()
+        try:
+            await ipr.route("del", dst=str(net), oif=index, table=table, proto=protocol)
+        except NetlinkError as exc:
+            if exc.code in _IGNORED_ON_REMOVE:
+                return
+            translate(exc, f"remove route {net}")
+
+
+async def _aiter(result: Any) -> AsyncIterator[Any]:
+    """pyroute2 dumps answer with an async iterator; some calls with a plain list."""
+    if hasattr(result, "__aiter__"):
+        async for item in result:
+            yield item
+    else:
+        for item in result:
+            yield item
+
+
+def _is_link_local(address: IPInterface) -> bool:
+    # The kernel adds an fe80:: address to some links by itself; it is not ours to diff.
+    return address.version == 6 and address.ip.is_link_local

@@ -1,0 +1,263 @@
+"""The userspace adapter: WireGuard by wireguard-go, configured over its UAPI socket.
+
+Protocol: https://www.wireguard.com/xplatform/ — `get=1` / `set=1`, hex keys, a blank
+line ends a request, the reply ends with `errno=N`. Addresses, MTU, up and routes of
+the TUN device are ordinary rtnetlink work (wgkube.kernel.rtnl).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import shlex
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from wgkube.diff.model import ConfigureDevice, ObservedPeer, RemovePeer, UpsertPeer
+from wgkube.domain.errors import DeviceNotFound, InvalidInput, KernelError
+from wgkube.domain.keys import PresharedKey, PrivateKey, PublicKey
+from wgkube.domain.net import Endpoint, IPNetwork
+from wgkube.kernel.base import RtnlBackedKernel, WgDevice, WgOperation
+from wgkube.kernel.port import MAIN_TABLE, ROUTE_PROTOCOL
+
+log = logging.getLogger(__name__)
+
+IMPLEMENTATION_ENV = "WG_USERSPACE_IMPLEMENTATION"
+"""The command that runs a userspace WireGuard (default `wireguard-go`); wg-quick's name."""
+
+SOCKET_DIR = Path("/var/run/wireguard")
+START_TIMEOUT = 10.0
+"""Seconds to wait for the UAPI socket of a freshly started implementation."""
+UAPI_TIMEOUT = 30.0
+"""Seconds one UAPI request may take (5000 peers take about half a second)."""
+_ZERO_HEX = "0" * 64
+
+
+class UserspaceKernel(RtnlBackedKernel):
+    """The Kernel port over wireguard-go (or any implementation speaking the UAPI)."""
+
+    name = "userspace"
+
+    def __init__(
+        self,
+        *,
+        netns: str | None = None,
+        route_protocol: int = ROUTE_PROTOCOL,
+        route_table: int = MAIN_TABLE,
+        socket_dir: Path = SOCKET_DIR,
+        implementation: str | None = None,
+    ) -> None:
+        super().__init__(netns=netns, route_protocol=route_protocol, route_table=route_table)
+        self.socket_dir = socket_dir
+        self.implementation = shlex.split(
+            implementation or os.environ.get(IMPLEMENTATION_ENV) or "wireguard-go"
+        )
+
+    def socket_path(self, ifname: str) -> Path:
+        # `ip netns exec` leaves /var/run shared, so the path is the same in any namespace.
+        return self.socket_dir / f"{ifname}.sock"
+
+    # -- link lifecycle ------------------------------------------------------------------
+    async def _create_link(self, ifname: str) -> None:
+        if await self.rtnl.link(ifname) is not None:
+            if self.socket_path(ifname).exists():
+                return  # adopt a running implementation
+            raise KernelError(f"interface {ifname} exists but has no UAPI socket")
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
+        argv = [*prefix, *self.implementation, ifname]
+        # The implementation daemonizes: the first process exits once the TUN device and
+        # the UAPI socket exist. Its stderr goes to a file, not a pipe, because a daemon
+        # started with LOG_LEVEL keeps the inherited descriptors open forever.
+        with tempfile.TemporaryFile() as errors:
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv, stdin=asyncio.subprocess.DEVNULL, stdout=errors, stderr=errors
+                )
+            except OSError as exc:
+                raise KernelError(f"cannot start {shlex.join(argv)}: {exc}") from exc
+            code = await proc.wait()
+            if code != 0:
+                errors.seek(0)
+                text = errors.read().decode(errors="replace").strip()
+                raise KernelError(f"{shlex.join(argv)} exited with {code}: {text[-2000:]}")
+        await self._wait_for_socket(ifname)
+        log.info("started %s for %s", self.implementation[0], ifname)
+
+    async def _wait_for_socket(self, ifname: str) -> None:
+        # Wait for an answer, not just for the socket file: the daemon's child sets the
+        # TUN device's MTU back to its default as it starts, and only then serves UAPI.
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                await self._uapi(ifname, ["get=1"])
+                return
+            except DeviceNotFound:
+                if time.monotonic() > deadline:
+                    path = self.socket_path(ifname)
+                    raise KernelError(f"no UAPI socket at {path} after {START_TIMEOUT}s") from None
+                await asyncio.sleep(0.02)
+
+    async def delete(self, ifname: str) -> None:
+        path = self.socket_path(ifname)
+        await super().delete(ifname)
+        # wireguard-go exits when its TUN device goes away and unlinks the socket as it
+        # goes. Wait for that: a new instance started for the same name meanwhile would
+        # otherwise lose its fresh socket to the old one's clean-up.
+        deadline = time.monotonic() + START_TIMEOUT
+        while path.exists() and time.monotonic() < deadline:
+            try:
+                _, writer = await asyncio.open_unix_connection(str(path))
+            except (FileNotFoundError, ConnectionRefusedError):
+                break
+            writer.close()
+            await writer.wait_closed()
+            await asyncio.sleep(0.02)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+    # -- UAPI ------------------------------------------------------------------------------
+    async def _uapi(self, ifname: str, lines: Sequence[str]) -> list[tuple[str, str]]:
+        path = self.socket_path(ifname)
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(path))
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise DeviceNotFound(f"interface {ifname}: no UAPI socket at {path}") from exc
+        except OSError as exc:
+            raise KernelError(f"interface {ifname}: cannot connect to {path}: {exc}") from exc
+        try:
+            async with asyncio.timeout(UAPI_TIMEOUT):
+                writer.write(("\n".join(lines) + "\n\n").encode())
+                await writer.drain()
+                pairs: list[tuple[str, str]] = []
+                while True:
+                    raw = await reader.readline()
+                    if not raw:
+                        raise KernelError(f"interface {ifname}: UAPI closed without errno")
+                    key, _, value = raw.decode().rstrip("\n").partition("=")
+                    if key == "errno":
+                        if value != "0":
+                            raise KernelError(
+                                f"interface {ifname}: {lines[0]} failed with errno={value}"
+                            )
+                        return pairs
+                    if key:
+                        pairs.append((key, value))
+        except (OSError, TimeoutError) as exc:
+            raise KernelError(f"interface {ifname}: UAPI request failed: {exc!r}") from exc
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    async def _wg_read(self, ifname: str) -> WgDevice:
+        pairs = await self._uapi(ifname, ["get=1"])
+        try:
+            return _parse_get(pairs)
+        except (ValueError, InvalidInput) as exc:
+            raise KernelError(f"interface {ifname}: cannot parse UAPI reply: {exc}") from exc
+
+    async def _wg_write(self, ifname: str, ops: Sequence[WgOperation]) -> None:
+        # One `set=1` transaction per run; device keys must precede the first peer, so a
+        # ConfigureDevice after a peer starts a new transaction.
+        batch: list[str] = []
+        count = 0
+        in_peers = False
+        for op in ops:
+            if isinstance(op, ConfigureDevice) and in_peers:
+                await self._set(ifname, batch, count)
+                batch, count, in_peers = [], 0, False
+            batch.extend(_set_lines(op))
+            count += 1
+            in_peers = in_peers or not isinstance(op, ConfigureDevice)
+        if batch:
+            await self._set(ifname, batch, count)
+
+    async def _set(self, ifname: str, lines: list[str], count: int) -> None:
+        await self._uapi(ifname, ["set=1", *lines])
+        self.writes += count
+
+
+def _set_lines(op: WgOperation) -> list[str]:
+    match op:
+        case ConfigureDevice(private_key, listen_port, fwmark):
+            lines = []
+            if private_key is not None:
+                lines.append(f"private_key={private_key.raw.hex()}")
+            if listen_port is not None:
+                lines.append(f"listen_port={listen_port}")
+            if fwmark is not None:
+                lines.append(f"fwmark={fwmark}")
+            return lines
+        case RemovePeer(key):
+            return [f"public_key={key.raw.hex()}", "remove=true"]
+        case UpsertPeer(key, endpoint, allowed, keepalive, psk, _new):
+            lines = [f"public_key={key.raw.hex()}"]
+            if psk is not None:
+                lines.append(f"preshared_key={psk.raw.hex()}")
+            if endpoint is not None:
+                lines.append(f"endpoint={endpoint}")
+            if keepalive is not None:
+                lines.append(f"persistent_keepalive_interval={keepalive}")
+            if allowed is not None:
+                lines.append("replace_allowed_ips=true")
+                lines.extend(f"allowed_ip={net}" for net in allowed)
+            return lines
+    raise AssertionError(op)  # pragma: no cover
+
+
+@dataclass
+class _PeerReply:
+    """One peer's lines of a `get=1` reply, gathered before they become an ObservedPeer."""
+
+    key: PublicKey
+    allowed: set[IPNetwork] = field(default_factory=set)
+    values: dict[str, str] = field(default_factory=dict)
+
+    def observed(self) -> ObservedPeer:
+        v = self.values
+        psk_hex = v.get("preshared_key", _ZERO_HEX)
+        endpoint = v.get("endpoint", "")
+        return ObservedPeer(
+            public_key=self.key,
+            endpoint=Endpoint.parse(endpoint) if endpoint else None,
+            allowed_ips=frozenset(self.allowed),
+            persistent_keepalive=int(v.get("persistent_keepalive_interval", "0")),
+            preshared_key=None if psk_hex == _ZERO_HEX else PresharedKey(bytes.fromhex(psk_hex)),
+            last_handshake=int(v.get("last_handshake_time_sec", "0"))
+            + int(v.get("last_handshake_time_nsec", "0")) / 1e9,
+            rx_bytes=int(v.get("rx_bytes", "0")),
+            tx_bytes=int(v.get("tx_bytes", "0")),
+        )
+
+
+def _parse_get(pairs: list[tuple[str, str]]) -> WgDevice:
+    private_key: PrivateKey | None = None
+    listen_port = 0
+    fwmark = 0
+    peers: list[_PeerReply] = []
+    for key, value in pairs:
+        if key == "public_key":
+            peers.append(_PeerReply(PublicKey(bytes.fromhex(value))))
+        elif peers and key == "allowed_ip":
+            peers[-1].allowed.add(ipaddress.ip_network(value))
+        elif peers:
+            peers[-1].values[key] = value
+        elif key == "private_key" and value != _ZERO_HEX:
+            # The kernel reports the clamped key; report the same here.
+            private_key = PrivateKey(bytes.fromhex(value)).clamped()
+        elif key == "listen_port":
+            listen_port = int(value)
+        elif key == "fwmark":
+            fwmark = int(value)
+    return WgDevice(
+        private_key=private_key,
+        listen_port=listen_port,
+        fwmark=fwmark,
+        peers={p.key: p.observed() for p in peers},
+    )
