@@ -159,7 +159,8 @@ class Hub:
             except KubeApiError as exc:
                 log.warning("announcing the hub failed: %s; retrying in %.1fs", exc, delay)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await stop.wait()
                 delay = min(delay * 2, 30.0)
         return False
 

@@ -68,8 +68,10 @@ class HubLoop:
         backoff = 0.5
         while True:
             timeout = max(0.0, next_resync - time.monotonic())
+            # asyncio.timeout, not wait_for: no extra task for Kopf to wait on at exit.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wakeup.wait()
             resync = time.monotonic() >= next_resync
             if self._wakeup.is_set() and self.debounce:
                 await asyncio.sleep(self.debounce)  # gather the burst

@@ -67,7 +67,9 @@ async def serve(settings: HubSettings) -> None:
         tasks = [
             asyncio.create_task(hub.loop.run(), name="reconcile loop"),
             asyncio.create_task(
-                kopf.operator(registry=registry, clusterwide=True, standalone=True, stop_flag=stop),
+                # No stop_flag: Kopf takes SIGTERM/SIGINT itself and returns; a flag that
+                # nobody sets would hold its exit for 5 s as a "hung task".
+                kopf.operator(registry=registry, clusterwide=True, standalone=True),
                 name="kopf",
             ),
         ]

@@ -234,7 +234,8 @@ class SpokeAgent:
     async def _reconcile_loop(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), self.settings.poll_interval)
+                async with asyncio.timeout(self.settings.poll_interval):
+                    await self._wakeup.wait()
             self._wakeup.clear()
             try:
                 await self.reconciler.reconcile(self.desired())
