@@ -21,13 +21,14 @@ class Process:
         self, argv: Sequence[str], *, env: dict[str, str], log_path: Path, netns: str | None = None
     ) -> None:
         self.log_path = log_path
-        self._log = log_path.open("ab")
+        log = log_path.open("ab")
         cmd = [sys.executable, "-m", "wgkube", *argv]
         if netns:
             cmd = ["ip", "netns", "exec", netns, *cmd]
         self.proc = subprocess.Popen(
-            cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
+        log.close()  # the child holds its own descriptor
 
     @property
     def log(self) -> str:
@@ -50,7 +51,6 @@ class Process:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-        self._log.close()
         return self.proc.returncode
 
     def exit_code(self, timeout: float = 20.0) -> int:

@@ -61,6 +61,7 @@ class SpokeAgent:
     reconciler: Reconciler
     hub: HubRecord | None = None
     """The last good hub configuration; kept when the hub's annotations go bad."""
+    _synced: HubRecord | None = None
     _hubs: dict[str, dict[str, Any]] = field(default_factory=dict)
     _said: set[str] = field(default_factory=set)
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
@@ -238,7 +239,11 @@ class SpokeAgent:
                     await self._wakeup.wait()
             self._wakeup.clear()
             try:
-                await self.reconciler.reconcile(self.desired())
+                hub = self.hub
+                ops = await self.reconciler.reconcile(self.desired())
+                if hub is not None and hub != self._synced:
+                    self._synced = hub
+                    log.info("tunnel to hub %s in place (%d change(s))", hub.node, len(ops))
             except WgKubeError as exc:
                 log.error("reconcile failed: %s; retrying", exc)
                 await asyncio.sleep(1.0)
