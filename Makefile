@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: setup system lint test test-host test-kernel demo bench bench-quick clean
+.PHONY: setup system lint test test-host test-kernel demo demo-clean bench bench-quick clean
 
 system:
 	@scripts/setup-system.sh
@@ -33,3 +33,9 @@ test: lint test-host test-kernel
 
 clean:
 	rm -rf $(VENV) .cache .mypy_cache .ruff_cache
+
+demo: setup
+	$(PY) -m wgkube.demo $(if $(KEEP),--keep)
+
+demo-clean:
+	$(PY) -m wgkube.demo --clean
