@@ -76,9 +76,15 @@ class HubHarness:
     def key_dir(self) -> Path:
         return self.tmp / "keys"
 
-    def start(self, *args: str, node: str = HUB, wait_ready: bool = True) -> Process:
+    def start(
+        self,
+        *args: str,
+        node: str = HUB,
+        wait_ready: bool = True,
+        kubeconfig: Path | None = None,
+    ) -> Process:
         env = base_env(
-            KUBECONFIG=str(self.api.kubeconfig),
+            KUBECONFIG=str(kubeconfig or self.api.kubeconfig),
             NODE_NAME=node,
             WGKUBE_MEMORY_STATE=str(self.device.path),
         )

@@ -1,0 +1,166 @@
+"""Manifests, image, systemd unit and cloud-init: valid, least privilege, and consistent."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+MANIFESTS = sorted((ROOT / "manifests").glob("*.yaml"))
+KUBERNETES_VERSION = "1.37.0"
+
+
+def documents(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def daemonset() -> dict[str, Any]:
+    return documents(ROOT / "manifests" / "daemonset.yaml")[0]
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+def test_every_manifest_validates_strictly_against_the_kubernetes_schema(path: Path) -> None:
+    for doc in documents(path):
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+def test_the_original_file_names_exist_and_the_kustomization_lists_them_all() -> None:
+    assert {p.name for p in MANIFESTS} == {"namespace.yaml", "rbac.yaml", "daemonset.yaml"}
+    kustomization = yaml.safe_load((ROOT / "manifests" / "Kustomization").read_text())
+    assert kustomization["kind"] == "Kustomization"
+    assert set(kustomization["resources"]) == {p.name for p in MANIFESTS}
+    image = daemonset()["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image.split(":")[0] == kustomization["images"][0]["name"]
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_kubectl_kustomize_builds_the_same_objects() -> None:
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(ROOT / "manifests")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    built = {(d["kind"], d["metadata"]["name"]) for d in yaml.safe_load_all(out) if d}
+    listed = {(d["kind"], d["metadata"]["name"]) for p in MANIFESTS for d in documents(p)}
+    assert built == listed
+
+
+def test_the_daemonset_runs_on_the_hub_with_only_net_admin_and_keeps_its_key() -> None:
+    spec = daemonset()["spec"]["template"]["spec"]
+    assert spec["hostNetwork"] is True
+    assert spec["nodeSelector"] == {"wireguard.kube/hub": "true"}
+    (container,) = spec["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    security = container["securityContext"]
+    assert security["privileged"] is False
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN"]}
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    key_dir = env["WG_KEY_DIR"]["value"]
+    state = next(name for name, path in mounts.items() if path == key_dir)
+    assert volumes[state]["hostPath"]["path"] == "/var/lib/wg-kube"
+    assert container["resources"]["requests"]
+    assert container["resources"]["limits"]["memory"]
+
+
+def test_the_probes_hit_the_operators_own_endpoints() -> None:
+    (container,) = daemonset()["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    host, port = env["WG_PROBE_ADDRESS"].rsplit(":", 1)
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        get = container[probe]["httpGet"]
+        assert (get["host"], str(get["port"]), get["path"]) == (host, port, path)
+    source = (ROOT / "wgkube" / "operator" / "probes.py").read_text()
+    assert '"/healthz"' in source
+    assert '"/readyz"' in source
+
+
+def test_the_containerfile_passes_hadolint() -> None:
+    hadolint = Path(sys.executable).with_name("hadolint")
+    proc = subprocess.run(
+        [str(hadolint), str(ROOT / "Containerfile")], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_image_entry_point_is_the_installed_console_script() -> None:
+    text = (ROOT / "Containerfile").read_text()
+    entry = json.loads(re.search(r"^ENTRYPOINT (\[.*\])$", text, re.M).group(1))  # type: ignore[union-attr]
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert entry == ["wg-kube"]
+    assert "wg-kube" in scripts
+    installed = Path(sys.executable).with_name("wg-kube")
+    proc = subprocess.run([str(installed), "version"], capture_output=True, text=True, check=True)
+    assert (
+        proc.stdout.strip()
+        == tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    )
+    for source in re.findall(r"^COPY (?!--from)(.+) \S+$", text, re.M):
+        for item in source.split():
+            assert (ROOT / item).exists(), item
+
+
+UNIT = ROOT / "deploy" / "systemd" / "wg-kube-spoke.service"
+
+
+def test_the_spoke_unit_is_hardened_and_ordered_before_the_kubelet() -> None:
+    lines = {line.strip() for line in UNIT.read_text().splitlines()}
+    for expected in [
+        "Type=notify",
+        "Restart=on-failure",
+        "Before=kubelet.service",
+        "CapabilityBoundingSet=CAP_NET_ADMIN",
+        "AmbientCapabilities=CAP_NET_ADMIN",
+        "ProtectSystem=strict",
+        "PrivateTmp=yes",
+        "NoNewPrivileges=yes",
+        "StateDirectory=wg-kube",
+    ]:
+        assert expected in lines, expected
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+def test_systemd_accepts_the_spoke_unit(tmp_path: Path) -> None:
+    unit = tmp_path / "wg-kube-spoke.service"
+    wg_kube = Path(sys.executable).with_name("wg-kube")
+    unit.write_text(UNIT.read_text().replace("/usr/local/bin/wg-kube", str(wg_kube)))
+    proc = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, check=False
+    )
+    problems = [
+        line
+        for line in (proc.stdout + proc.stderr).splitlines()
+        if "wg-kube-spoke.service" in line and "kubelet.service" not in line
+    ]
+    assert not problems, problems
+
+
+def test_cloud_init_installs_the_same_unit_and_sets_node_ip_to_the_wireguard_address() -> None:
+    text = (ROOT / "deploy" / "cloud-init" / "spoke.yaml").read_text()
+    assert text.startswith("#cloud-config\n")
+    config = yaml.safe_load(text)
+    files = {f["path"]: f["content"] for f in config["write_files"]}
+    assert files["/etc/systemd/system/wg-kube-spoke.service"] == UNIT.read_text()
+    env = dict(
+        line.split("=", 1) for line in files["/etc/default/wg-kube-spoke"].split() if "=" in line
+    )
+    address = env["WG_ADDRESS"].split("/")[0]
+    dropin = files["/etc/systemd/system/kubelet.service.d/20-wg-kube-node-ip.conf"]
+    assert f"--node-ip={address}" in dropin
+    assert "After=wg-kube-spoke.service" in dropin
+    commands = " ".join(str(c) for c in config["runcmd"])
+    assert commands.index("enable --now wg-kube-spoke") < commands.index("restart kubelet")
