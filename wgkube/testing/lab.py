@@ -1,0 +1,283 @@
+"""A lab of WireGuard "nodes" on one machine: network namespaces on a bridge, an API emulator
+process, and the real `wg-kube` processes inside the namespaces (for the demo and tests).
+
+Addresses come from 198.18.0.0/24 (the benchmarking range): nothing outside this machine
+is ever addressed. wireguard-go's UAPI sockets live in one directory shared by every
+namespace, so each node gets its own interface name. Needs root.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from wgkube.diff.model import ObservedState
+from wgkube.domain.keys import PrivateKey, load_private_key
+from wgkube.kernel import Backend, open_kernel
+from wgkube.testing.apiserver import RealApiServer
+from wgkube.testing.netns import NetNS, PingResult, finish_ping, start_ping
+
+BRIDGE = "wgkdemo0"
+UNDERLAY = "198.18.0"
+HUB_WG = "100.96.0.1"
+API_PORT = 16443
+
+
+@dataclass
+class Node:
+    name: str
+    role: str  # "hub" | "spoke"
+    index: int
+    ns: str = ""
+    pid: int = 0
+
+    @property
+    def underlay(self) -> str:
+        return f"{UNDERLAY}.{self.index}"
+
+    @property
+    def wg_address(self) -> str:
+        return HUB_WG if self.role == "hub" else f"100.96.0.{self.index}"
+
+    @property
+    def ifname(self) -> str:
+        # wireguard-go's UAPI sockets share /var/run/wireguard across namespaces: one name each.
+        return f"wg-{self.name}"[:15]
+
+    @property
+    def veth(self) -> str:
+        return f"wgkd-{self.name}"[:15]
+
+
+@dataclass
+class LabState:
+    """What a lab made, so that `clean` (also from another process) can remove all of it."""
+
+    workdir: str
+    bridge: bool = False
+    api_pid: int = 0
+    nodes: list[Node] = field(default_factory=list)
+
+    def save(self) -> None:
+        path = Path(self.workdir) / "state.json"
+        path.write_text(json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def load(cls, workdir: Path) -> LabState:
+        data = json.loads((workdir / "state.json").read_text())
+        nodes = [Node(**n) for n in data.pop("nodes")]
+        return cls(**data, nodes=nodes)
+
+
+def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: {proc.stderr.strip()}")
+    return proc
+
+
+class Lab:
+    """Build with `make_bridge`, `start_api`, `add_node`, `start_process`; undo with `clean`."""
+
+    def __init__(
+        self, workdir: Path, *, backend: Backend = "auto", hub_args: tuple[str, ...] = ()
+    ) -> None:
+        self.workdir = workdir
+        self.backend = backend
+        self.hub_args = hub_args
+        self.state = LabState(str(workdir))
+        self.api: RealApiServer | None = None
+        self.kubeconfig = workdir / "kubeconfig"
+        for sub in ("logs", "keys"):
+            (workdir / sub).mkdir(parents=True, exist_ok=True)
+
+    # -- underlay, API, nodes ------------------------------------------------------------
+    def make_bridge(self) -> None:
+        sh("ip", "link", "add", BRIDGE, "type", "bridge")
+        self.state.bridge = True
+        self.state.save()
+        sh("ip", "address", "add", f"{UNDERLAY}.254/24", "dev", BRIDGE)
+        sh("ip", "link", "set", BRIDGE, "up")
+
+    def start_api(self) -> None:
+        log = (self.workdir / "logs" / "apiserver.log").open("ab")
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "wgkube.testing.apiserver",
+                "--host",
+                f"{UNDERLAY}.254",
+                "--port",
+                str(API_PORT),
+                "--kubeconfig",
+                str(self.kubeconfig),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        self.state.api_pid = proc.pid
+        self.state.save()
+        deadline = time.monotonic() + 15
+        while not self.kubeconfig.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the API emulator did not start; see logs/apiserver.log")
+            time.sleep(0.05)
+        self.api = RealApiServer(self.kubeconfig)
+
+    def add_node(self, node: Node) -> None:
+        ns = NetNS(f"wgkdemo-{node.name}")
+        sh("ip", "netns", "add", ns.name)
+        node.ns = ns.name
+        self.state.nodes.append(node)
+        self.state.save()
+        ns.ip("link", "set", "lo", "up")
+        sh("ip", "link", "add", node.veth, "type", "veth", "peer", "eth0", "netns", ns.name)
+        sh("ip", "link", "set", node.veth, "master", BRIDGE, "up")
+        ns.ip("address", "add", f"{node.underlay}/24", "dev", "eth0")
+        ns.ip("link", "set", "eth0", "up")
+        addresses = {"InternalIP": node.underlay}
+        if node.role == "hub":
+            addresses["ExternalIP"] = node.underlay
+        assert self.api is not None
+        self.api.create_node(node.name, addresses=addresses)
+
+    def start_process(self, node: Node) -> None:
+        key_file = self.workdir / "keys" / f"{node.name}.key"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("WG_", "KUBE"))}
+        if node.role == "hub":
+            argv = [
+                "hub",
+                "--backend",
+                self.backend,
+                "--node-name",
+                node.name,
+                "--interface",
+                node.ifname,
+                "--kubeconfig",
+                str(self.kubeconfig),
+                "--private-key-file",
+                str(key_file),
+                "--allowed-ips",
+                "100.96.0.0/24",
+                "--probe-address",
+                f"{node.underlay}:9798",
+                *self.hub_args,
+            ]
+        else:
+            argv = ["spoke"]
+            env.update(
+                KUBECONFIG=str(self.kubeconfig),
+                NODE_NAME=node.name,
+                WG_INTERFACE=node.ifname,
+                WG_ADDRESS=f"{node.wg_address}/32",
+                WG_PRIVATE_KEY_FILE=str(key_file),
+                WG_ENDPOINT=node.underlay,
+                POLL_INTERVAL="10",
+                WG_BACKEND=self.backend,
+            )
+        log = (self.workdir / "logs" / f"{node.name}.log").open("ab")
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", node.ns, sys.executable, "-m", "wgkube", *argv],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        node.pid = proc.pid
+        self.state.save()
+
+    # -- observation -------------------------------------------------------------------
+    async def observe(self, node: Node) -> ObservedState:
+        kernel = await open_kernel(self.backend, netns=node.ns)
+        try:
+            return await kernel.observe(node.ifname)
+        finally:
+            await kernel.close()
+
+    async def backend_name(self, node: Node) -> str:
+        kernel = await open_kernel(self.backend, netns=node.ns)
+        await kernel.close()
+        return kernel.name
+
+    def public_key(self, node: Node) -> str:
+        path = self.workdir / "keys" / f"{node.name}.key"
+        key: PrivateKey = load_private_key(path, create=False)[0]
+        return key.public_key().b64
+
+    async def wait_handshake(self, spoke: Node, hub: Node, within: float = 40.0) -> None:
+        """Until the hub has completed a handshake with this spoke."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if (self.workdir / "keys" / f"{spoke.name}.key").exists():
+                observed = await self.observe(hub)
+                for peer in observed.peers.values():
+                    if peer.public_key.b64 == self.public_key(spoke) and peer.last_handshake:
+                        return
+            self.check_alive()
+            await asyncio.sleep(0.2)
+        raise RuntimeError(f"no handshake between {hub.name} and {spoke.name} in {within}s")
+
+    def check_alive(self) -> None:
+        for node in self.state.nodes:
+            if node.pid and not _alive(node.pid):
+                log = (self.workdir / "logs" / f"{node.name}.log").read_text()[-2000:]
+                raise RuntimeError(f"wg-kube on {node.name} exited:\n{log}")
+
+    async def ping(self, src: Node, target: str, count: int = 5) -> PingResult:
+        proc = await start_ping(NetNS(src.ns), target, count=count, interval=0.2)
+        return await finish_ping(proc, stop=False)
+
+    def clean(self) -> None:
+        clean(self.state)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie child of ours still answers kill 0: ask /proc.
+    with contextlib.suppress(OSError):
+        if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
+            return False
+    return True
+
+
+def clean(state: LabState) -> None:
+    """Stop processes, delete namespaces (their WireGuard devices go too), the bridge."""
+    for node in state.nodes:
+        if node.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(node.pid, signal.SIGTERM)
+    if state.api_pid:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(state.api_pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    for pid in [n.pid for n in state.nodes if n.pid] + [state.api_pid]:
+        while pid and _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if pid and _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+    for node in state.nodes:
+        if node.ns:
+            sh("ip", "netns", "del", node.ns, check=False)
+        sh("ip", "link", "del", node.veth, check=False)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"/var/run/wireguard/{node.ifname}.sock")
+    if state.bridge:
+        sh("ip", "link", "del", BRIDGE, check=False)
+    with contextlib.suppress(FileNotFoundError):
+        (Path(state.workdir) / "state.json").unlink()
