@@ -93,6 +93,8 @@ class Lab:
         self.workdir = workdir
         self.backend = backend
         self.hub_args = hub_args
+        self._children: list[subprocess.Popen[bytes]] = []
+        """Kept to reap them: a Popen dropped while its process runs is a ResourceWarning."""
         self.state = LabState(str(workdir))
         self.api: RealApiServer | None = None
         self.kubeconfig = workdir / "kubeconfig"
@@ -126,6 +128,7 @@ class Lab:
             start_new_session=True,
         )
         log.close()
+        self._children.append(proc)
         self.state.api_pid = proc.pid
         self.state.save()
         deadline = time.monotonic() + 15
@@ -195,6 +198,7 @@ class Lab:
             start_new_session=True,
         )
         log.close()
+        self._children.append(proc)
         node.pid = proc.pid
         self.state.save()
 
@@ -239,8 +243,21 @@ class Lab:
         proc = await start_ping(NetNS(src.ns), target, count=count, interval=0.2)
         return await finish_ping(proc, stop=False)
 
+    def stop_process(self, node: Node) -> None:
+        """SIGTERM the node's wg-kube, as systemd would; its interface stays."""
+        _terminate([node.pid])
+        node.pid = 0
+        self.state.save()
+        self._reap()
+
     def clean(self) -> None:
         clean(self.state)
+        self._reap()
+
+    def _reap(self) -> None:
+        for child in list(self._children):
+            if child.poll() is not None:
+                self._children.remove(child)
 
 
 def _alive(pid: int) -> bool:
@@ -255,22 +272,24 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def clean(state: LabState) -> None:
-    """Stop processes, delete namespaces (their WireGuard devices go too), the bridge."""
-    for node in state.nodes:
-        if node.pid:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(node.pid, signal.SIGTERM)
-    if state.api_pid:
+def _terminate(pids: list[int]) -> None:
+    """SIGTERM each process group, wait up to 10 s, then SIGKILL what is left."""
+    pids = [pid for pid in pids if pid]
+    for pid in pids:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(state.api_pid, signal.SIGTERM)
+            os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + 10
-    for pid in [n.pid for n in state.nodes if n.pid] + [state.api_pid]:
-        while pid and _alive(pid) and time.monotonic() < deadline:
+    for pid in pids:
+        while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if pid and _alive(pid):
+        if _alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
+
+
+def clean(state: LabState) -> None:
+    """Stop processes, delete namespaces (their WireGuard devices go too), the bridge."""
+    _terminate([n.pid for n in state.nodes] + [state.api_pid])
     for node in state.nodes:
         if node.ns:
             sh("ip", "netns", "del", node.ns, check=False)

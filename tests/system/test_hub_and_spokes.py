@@ -1,0 +1,128 @@
+"""The whole system on real WireGuard: `wg-kube hub` and `wg-kube spoke` processes in
+network namespaces, one API emulator, nothing configured by hand but Nodes and settings.
+
+Runs with kernel WireGuard inside the test VM (marker `kernel`) and with wireguard-go
+on the host (marker `userspace`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from wgkube.kernel import kernel_wireguard_unavailable
+from wgkube.testing.lab import HUB_WG, Lab, Node
+from wgkube.testing.netns import NetNS, can_make_namespaces, finish_ping, start_ping
+
+PREFIX = "wireguard.kube/"
+SLOW = 4.0 if os.environ.get("WGKUBE_IN_VM") else 1.0
+"""Inside the emulated VM everything is several times slower."""
+
+
+async def skip_unless(backend: str) -> None:
+    reason = can_make_namespaces()
+    if reason is None and backend == "userspace" and shutil.which("wireguard-go") is None:
+        reason = "wireguard-go is not installed"
+    if reason is None and backend == "kernel":
+        reason = await kernel_wireguard_unavailable()
+    if reason is not None:
+        pytest.skip(f"{backend}: {reason}")
+
+
+def ifindex(node: Node) -> int:
+    out = NetNS(node.ns).ip("-j", "link", "show", node.ifname).stdout
+    index: int = json.loads(out)[0]["ifindex"]
+    return index
+
+
+@pytest.fixture
+def lab(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Lab]:
+    lab = Lab(tmp_path / "lab", backend=request.param, hub_args=("--allowed-ips", "100.96.0.0/24"))
+    try:
+        yield lab
+    finally:
+        lab.clean()
+
+
+@pytest.mark.parametrize(
+    "lab",
+    [
+        pytest.param("kernel", marks=pytest.mark.kernel, id="kernel"),
+        pytest.param("userspace", marks=pytest.mark.userspace, id="userspace"),
+    ],
+    indirect=True,
+)
+async def test_spokes_reach_the_hub_a_peer_joins_and_leaves_without_loss_and_the_hub_moves(
+    lab: Lab,
+) -> None:
+    await skip_unless(lab.backend)
+    lab.make_bridge()
+    lab.start_api()
+    assert lab.api is not None
+    hub = Node("hub", "hub", 1)
+    lab.add_node(hub)
+    lab.start_process(hub)
+    spokes = [Node(f"spoke-{i}", "spoke", 10 + i) for i in (1, 2)]
+    for spoke in spokes:
+        lab.add_node(spoke)
+        lab.start_process(spoke)
+    for spoke in spokes:
+        await lab.wait_handshake(spoke, hub, within=60 * SLOW)
+    assert await lab.backend_name(hub) == lab.backend
+
+    # Each spoke reaches the hub, and the other spoke through the hub.
+    for spoke in spokes:
+        result = await lab.ping(spoke, HUB_WG, count=3)
+        assert result.received == result.transmitted == 3, result.output
+    result = await lab.ping(spokes[0], spokes[1].wg_address, count=3)
+    assert result.received == 3, result.output
+
+    # A third peer joins and leaves through its Node while the two ping every 10 ms.
+    hub_index = ifindex(hub)
+    pings = [await start_ping(NetNS(s.ns), HUB_WG, count=100000, interval=0.01) for s in spokes]
+    try:
+        third = Node("spoke-3", "spoke", 13)
+        lab.add_node(third)
+        lab.start_process(third)
+        await lab.wait_handshake(third, hub, within=60 * SLOW)
+        lab.stop_process(third)  # else its agent re-asserts the label at once
+        lab.api.patch_node(third.name, {"metadata": {"labels": {PREFIX + "peer": None}}})
+        key = lab.public_key(third)
+        for _ in range(int(100 * SLOW)):
+            if key not in {p.public_key.b64 for p in (await lab.observe(hub)).peers.values()}:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail("the unlabelled peer was not removed from the hub")
+        await asyncio.sleep(0.5)
+    finally:
+        results = [await finish_ping(p) for p in pings]
+    for result in results:
+        assert result.transmitted > 50, result.output
+        assert result.lost == 0, result.output
+    assert ifindex(hub) == hub_index, "the hub's interface was recreated"
+
+    # The hub's endpoint moves: spokes follow in place, the tunnel keeps working.
+    NetNS(hub.ns).ip("address", "add", "198.18.0.2/24", "dev", "eth0")
+    spoke_index = {s.name: ifindex(s) for s in spokes}
+    lab.api.patch_node(
+        hub.name, {"metadata": {"annotations": {PREFIX + "endpoint": "198.18.0.2:51820"}}}
+    )
+    for spoke in spokes:
+        for _ in range(int(100 * SLOW)):
+            peers = (await lab.observe(spoke)).peers.values()
+            if [str(p.endpoint) for p in peers] == ["198.18.0.2:51820"]:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail(f"{spoke.name} did not follow the hub's new endpoint")
+        assert ifindex(spoke) == spoke_index[spoke.name], f"{spoke.name} recreated its interface"
+        result = await lab.ping(spoke, HUB_WG, count=3)
+        assert result.received == 3, result.output
+    lab.check_alive()
