@@ -70,7 +70,7 @@ class HubSettings(BaseModel):
     backend: Literal["auto", "kernel", "userspace", "memory"] = Field(
         "auto", json_schema_extra=_env("WG_BACKEND")
     )
-    """WireGuard implementation: kernel module, wireguard-go, or auto (kernel when it can)."""
+    """WireGuard: kernel, userspace (wireguard-go) or auto (kernel when it can); memory: tests."""
 
     debounce: float = Field(0.2, ge=0, le=60, json_schema_extra=_env("WG_DEBOUNCE"))
     """Seconds to gather Node events before one reconcile."""

@@ -102,7 +102,7 @@ class SpokeSettings(BaseModel):
     backend: Literal["auto", "kernel", "userspace", "memory"] = Field(
         "auto", json_schema_extra=_env("WG_BACKEND", "--backend")
     )
-    """WireGuard implementation: kernel module, wireguard-go, or auto."""
+    """WireGuard: kernel, userspace (wireguard-go) or auto (kernel when it can); memory: tests."""
 
     mtu: int | None = Field(None, ge=1280, le=65535, json_schema_extra=_env("WG_MTU", "--mtu"))
     """Interface MTU (default: the implementation's, 1420)."""
