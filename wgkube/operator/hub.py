@@ -81,8 +81,16 @@ async def post_rejection(
 
 
 async def relist_peers(api: Api, peers: PeerRegistry) -> None:
-    """An authoritative list on every resync catches deletions a broken watch missed."""
+    """An authoritative list on every resync catches deletions a broken watch missed.
+
+    A watch event that lands while the list is in flight is newer than the list: then
+    the list is dropped (the next resync lists again) rather than undoing that event.
+    """
+    before = peers.version
     nodes, _ = await api.list_nodes()
+    if peers.version != before:
+        log.debug("resync: Nodes changed during the list; keeping the watch's view")
+        return
     if peers.replace_all(nodes):
         log.info("resync: the Node list differed from the watch; registry corrected")
 

@@ -11,6 +11,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -127,6 +128,62 @@ def ping(ns: NetNS, target: str, *, count: int = 3, interval: float = 0.2) -> Pi
     return parse_ping(proc.stdout + proc.stderr)
 
 
+_REPLY = re.compile(r"icmp_seq=(\d+) ")
+REPLY_TIMEOUT = 30.0
+
+
+class PingStream:
+    """A ping whose replies are read as they arrive.
+
+    Stopping ping with a signal counts its last packet, still in flight, as lost; so
+    instead of the summary's loss, judge by `missing`: requests with no reply up to the
+    last one answered. Wait for replies after the period of interest, then stop.
+    """
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self._proc = proc
+        self.replies: set[int] = set()
+        self._lines: list[str] = []
+        self._changed = asyncio.Condition()
+        self._reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def start(cls, ns: NetNS, target: str, *, interval: float) -> PingStream:
+        proc = await asyncio.create_subprocess_exec(
+            *ns.argv("ping", "-n", "-i", str(interval), target),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        return cls(proc)
+
+    async def _read(self) -> None:
+        assert self._proc.stdout is not None
+        while line := (await self._proc.stdout.readline()).decode(errors="replace"):
+            self._lines.append(line)
+            if match := _REPLY.search(line):
+                async with self._changed:
+                    self.replies.add(int(match[1]))
+                    self._changed.notify_all()
+
+    async def wait_for_replies(self, count: int) -> None:
+        """Until `count` replies in all have arrived (at most REPLY_TIMEOUT seconds)."""
+        async with asyncio.timeout(REPLY_TIMEOUT), self._changed:
+            await self._changed.wait_for(lambda: len(self.replies) >= count)
+
+    async def stop(self) -> PingResult:
+        if self._proc.returncode is None:
+            self._proc.send_signal(signal.SIGINT)
+        await self._proc.wait()
+        await self._reader
+        return parse_ping("".join(self._lines))
+
+    @property
+    def missing(self) -> set[int]:
+        """Requests that got no reply, up to the last one that did."""
+        last = max(self.replies, default=0)
+        return set(range(1, last + 1)) - self.replies
+
+
 async def start_ping(
     ns: NetNS, target: str, *, count: int, interval: float
 ) -> asyncio.subprocess.Process:
@@ -139,8 +196,9 @@ async def start_ping(
 
 
 async def finish_ping(proc: asyncio.subprocess.Process, *, stop: bool = True) -> PingResult:
-    """Stop the ping (SIGINT makes it print its summary) and read the counts."""
+    """Read the counts of a ping from `start_ping`; with `stop`, end it first (SIGINT
+    makes ping print its summary, but counts the packet still in flight as lost)."""
     if stop and proc.returncode is None:
-        proc.send_signal(2)
+        proc.send_signal(signal.SIGINT)
     out, _ = await proc.communicate()
     return parse_ping(out.decode(errors="replace"))
