@@ -32,7 +32,7 @@ from wgkube.testing.lab import (
     Node,
     clean,
 )
-from wgkube.testing.netns import NetNS, can_make_namespaces, finish_ping, start_ping
+from wgkube.testing.netns import NetNS, PingStream, can_make_namespaces
 
 PING_INTERVAL = 0.01
 ORIGINAL_COST = (
@@ -143,9 +143,8 @@ class Demo(Lab):
             f"\nadding {new.name} live while {len(spokes)} spokes ping the hub every "
             f"{PING_INTERVAL * 1000:.0f} ms:"
         )
-        running = [
-            await start_ping(NetNS(s.ns), HUB_WG, count=100000, interval=PING_INTERVAL)
-            for s in spokes
+        streams = [
+            await PingStream.start(NetNS(s.ns), HUB_WG, interval=PING_INTERVAL) for s in spokes
         ]
         started = time.monotonic()
         try:
@@ -153,12 +152,17 @@ class Demo(Lab):
             self.add_node(new)
             self.start_process(new)
             await self.wait_handshake(new, hub)
-            await asyncio.sleep(1.0)
+            # Replies sent after the change must come back too, so wait for some more.
+            for stream in streams:
+                await stream.wait_for_replies(len(stream.replies) + 50)
         finally:
-            results = [await finish_ping(p) for p in running]
+            for stream in streams:
+                await stream.stop()
         took = time.monotonic() - started
-        lost = sum(r.lost for r in results)
-        sent = sum(r.transmitted for r in results)
+        # Judged by replies, not ping's summary: stopping ping counts the packet still in
+        # flight as lost.
+        lost = sum(len(stream.missing) for stream in streams)
+        sent = sum(max(stream.replies, default=0) for stream in streams)
         say(
             f"  {new.name} joined and completed its handshake; {sent} pings in {took:.1f}s, "
             f"lost {lost}"
