@@ -1,0 +1,17 @@
+#!/bin/bash
+# Runs inside the VM (see run.sh): load WireGuard, then pytest -m kernel over the checkout.
+# Usage: guest.sh RESULT_DIR [pytest args...]
+set -u
+RESULT=$1
+shift
+cd "$(dirname "${BASH_SOURCE[0]}")/../.." || exit 3
+cut -d' ' -f1 /proc/uptime >"$RESULT/uptime"
+touch "$RESULT/started"
+modprobe wireguard || { echo "guest: modprobe wireguard failed" >&2; exit 3; }
+export PYTHONDONTWRITEBYTECODE=1 WGKUBE_IN_VM=1
+if [[ -f "$RESULT/cmd" ]]; then
+  exec bash "$RESULT/cmd"
+fi
+# addopts is emptied: the host's default deselects `kernel`; here only `kernel` runs.
+exec .venv/bin/python -m pytest -m kernel -o addopts="" -p no:cacheprovider -rs --durations=8 \
+  --junitxml="$RESULT/junit.xml" "${@:-tests}"
