@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,12 +16,10 @@ from pathlib import Path
 import pytest
 
 from wgkube.kernel import kernel_wireguard_unavailable
-from wgkube.testing.lab import HUB_WG, Lab, Node
+from wgkube.testing.lab import HUB_WG, SLOW, Lab, Node
 from wgkube.testing.netns import NetNS, PingStream, can_make_namespaces
 
 PREFIX = "wireguard.kube/"
-SLOW = 4.0 if os.environ.get("WGKUBE_IN_VM") else 1.0
-"""Inside the emulated VM everything is several times slower."""
 
 
 async def skip_unless(backend: str) -> None:

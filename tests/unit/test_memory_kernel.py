@@ -22,7 +22,7 @@ from wgkube.diff.model import (
     SetUp,
     UpsertPeer,
 )
-from wgkube.domain.errors import DeviceNotFound, KernelError
+from wgkube.domain.errors import DeviceNotFound
 from wgkube.domain.keys import PresharedKey, PrivateKey, PublicKey
 from wgkube.kernel.memory import DEFAULT_MTU, MemoryKernel
 
@@ -198,11 +198,11 @@ async def test_an_operation_on_a_missing_interface_raises_device_not_found(op: O
     assert await kernel.observe("wg1") == ABSENT
 
 
-async def test_creating_a_link_that_exists_is_a_kernel_error() -> None:
+async def test_creating_a_link_that_exists_adopts_it_unchanged() -> None:
     kernel = await kernel_with_device()
-    with pytest.raises(KernelError, match="already exists") as info:
-        await kernel.apply("wg0", [CreateLink("wg0")])
-    assert not isinstance(info.value, DeviceNotFound)
+    before = await kernel.observe("wg0")
+    await kernel.apply("wg0", [CreateLink("wg0")])
+    assert await kernel.observe("wg0") == before
 
 
 async def test_writes_count_only_the_operations_that_succeeded() -> None:
@@ -214,12 +214,11 @@ async def test_writes_count_only_the_operations_that_succeeded() -> None:
     with pytest.raises(DeviceNotFound):
         await kernel.apply("wg1", [SetUp()])
     assert kernel.writes == 3
-    with pytest.raises(KernelError):
-        await kernel.apply("wg0", [SetMtu(1400), CreateLink("wg0"), SetMtu(1500)])
+    await kernel.delete("wg0")
     assert kernel.writes == 4
-    assert (await kernel.observe("wg0")).mtu == 1400  # applied in order, up to the failure
-
-
+    with pytest.raises(DeviceNotFound):
+        await kernel.apply("wg0", [SetMtu(1400), SetUp()])
+    assert kernel.writes == 4
 async def test_delete_removes_the_device_and_counts_one_write() -> None:
     kernel = await kernel_with_device()
     await kernel.delete("wg0")

@@ -31,7 +31,7 @@ from wgkube.diff.model import (
     SetUp,
     UpsertPeer,
 )
-from wgkube.domain.errors import DeviceNotFound, KernelError
+from wgkube.domain.errors import DeviceNotFound
 from wgkube.domain.keys import PresharedKey, PrivateKey, PublicKey
 from wgkube.domain.net import Endpoint, IPNetwork
 
@@ -167,9 +167,8 @@ class MemoryKernel:
     # -- semantics -------------------------------------------------------------------------
     def _apply_one(self, ifname: str, op: Operation) -> None:
         if isinstance(op, CreateLink):
-            if op.name in self._devices:
-                raise KernelError(f"interface {op.name} already exists")
-            self._devices[op.name] = _Device()
+            # Like the real adapters: an interface that exists is adopted as it is.
+            self._devices.setdefault(op.name, _Device())
             return
         dev = self._devices.get(ifname)
         if dev is None:

@@ -21,8 +21,9 @@ class Kernel(Protocol):
     """Every adapter (netlink, userspace, memory) passes the same contract tests.
 
     - `observe` of a missing interface returns `ABSENT`, never raises.
-    - `apply` performs operations in the order given; AddAddress/AddRoute of something
-      present and RemovePeer/RemoveRoute/RemoveAddress of something absent succeed.
+    - `apply` performs operations in the order given; CreateLink/AddAddress/AddRoute of
+      something present (adopted as it is) and RemovePeer/RemoveRoute/RemoveAddress of
+      something absent succeed.
     - Operations on a missing interface (other than CreateLink) raise DeviceNotFound.
     - Library errors surface as `wgkube.domain.errors.KernelError` subclasses.
     - `writes` counts operations applied since the adapter was made.

@@ -29,6 +29,8 @@ BRIDGE = "wgkdemo0"
 UNDERLAY = "198.18.0"
 HUB_WG = "100.96.0.1"
 API_PORT = 16443
+SLOW = 5.0 if os.environ.get("WGKUBE_IN_VM") else 1.0
+"""Inside the emulated (TCG) test VM, starting Python alone takes many seconds."""
 
 
 @dataclass
@@ -131,7 +133,7 @@ class Lab:
         self._children.append(proc)
         self.state.api_pid = proc.pid
         self.state.save()
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 15 * SLOW
         while not self.kubeconfig.exists():
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the API emulator did not start; see logs/apiserver.log")
