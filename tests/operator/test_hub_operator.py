@@ -63,6 +63,32 @@ class TestStartUp:
         assert "has no ExternalIP and no --endpoint" in proc.log
         assert PREFIX + "endpoint" not in annotations_of(hub, "hub-private")
 
+    def test_it_reasserts_its_label_and_follows_a_new_external_ip(self, hub: HubHarness) -> None:
+        hub.start()
+        hub.api.patch_node(
+            HUB,
+            {
+                "metadata": {
+                    "labels": {PREFIX + "hub": None},
+                    "annotations": {PREFIX + "public-key": None},
+                }
+            },
+        )
+        wait_for(
+            lambda: PREFIX + "public-key" in annotations_of(hub, HUB),
+            message="the hub's annotations re-asserted",
+        )
+        assert (hub.api.get("nodes", HUB) or {})["metadata"]["labels"][PREFIX + "hub"] == "true"
+        hub.api.patch_node(
+            HUB,
+            {"status": {"addresses": [{"type": "ExternalIP", "address": "203.0.113.99"}]}},
+            status=True,
+        )
+        wait_for(
+            lambda: annotations_of(hub, HUB)[PREFIX + "endpoint"] == "203.0.113.99:51820",
+            message="the endpoint follows the new ExternalIP",
+        )
+
     def test_the_key_is_created_0600_and_kept_across_restarts(self, hub: HubHarness) -> None:
         hub.start().stop()
         key_file = hub.key_dir / "wg0.key"

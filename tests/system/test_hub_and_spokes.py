@@ -107,12 +107,11 @@ async def test_spokes_reach_the_hub_a_peer_joins_and_leaves_without_loss_and_the
         assert not stream.missing, f"lost {sorted(stream.missing)}"
     assert ifindex(hub) == hub_index, "the hub's interface was recreated"
 
-    # The hub's endpoint moves: spokes follow in place, the tunnel keeps working.
+    # The hub's ExternalIP moves: the hub republishes, spokes follow in place.
     NetNS(hub.ns).ip("address", "add", "198.18.0.2/24", "dev", "eth0")
     spoke_index = {s.name: ifindex(s) for s in spokes}
-    lab.api.patch_node(
-        hub.name, {"metadata": {"annotations": {PREFIX + "endpoint": "198.18.0.2:51820"}}}
-    )
+    moved = [{"type": "ExternalIP", "address": "198.18.0.2"}]
+    lab.api.patch_node(hub.name, {"status": {"addresses": moved}}, status=True)
     for spoke in spokes:
         for _ in range(int(100 * SLOW)):
             peers = (await lab.observe(spoke)).peers.values()

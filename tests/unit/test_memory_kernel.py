@@ -219,6 +219,8 @@ async def test_writes_count_only_the_operations_that_succeeded() -> None:
     with pytest.raises(DeviceNotFound):
         await kernel.apply("wg0", [SetMtu(1400), SetUp()])
     assert kernel.writes == 4
+
+
 async def test_delete_removes_the_device_and_counts_one_write() -> None:
     kernel = await kernel_with_device()
     await kernel.delete("wg0")

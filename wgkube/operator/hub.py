@@ -8,11 +8,18 @@ import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kubernetes_asyncio import client
 
 from wgkube.desired.model import DesiredState, DeviceSpec, Rejection
-from wgkube.domain.annotations import node_address, registration_patch
+from wgkube.domain.annotations import (
+    NodeBody,
+    node_address,
+    node_annotations,
+    node_labels,
+    registration_patch,
+)
 from wgkube.domain.keys import PrivateKey, load_private_key
 from wgkube.kernel import Kernel, open_kernel
 from wgkube.kube.client import Api, KubeApiError, load_configuration
@@ -130,25 +137,44 @@ class Hub:
         )
         return cls(settings, key, kernel, configuration, api, peers, loop)
 
-    async def announce(self) -> None:
-        """Label the hub's own Node and publish its public key, endpoint and allowed-ips."""
+    def announcement(self, node: NodeBody) -> dict[str, Any]:
+        """The merge patch that publishes the hub on `node` as it is now (its ExternalIP)."""
         settings = self.settings
-        node = await self.api.get_node(settings.node_name)
         external = node_address(node, "ExternalIP")
         endpoint = settings.published_endpoint(str(external) if external else None)
-        if endpoint is None:
-            log.warning(
-                "node %s has no ExternalIP and no --endpoint was given: publishing no endpoint; "
-                "spokes cannot dial the hub until one is set",
-                settings.node_name,
-            )
-        patch = registration_patch(
+        return registration_patch(
             settings.keys,
             role="hub",
             public_key=self.key.public_key(),
             allowed_ips=settings.advertised,
             endpoint=endpoint,
         )
+
+    def announced(self, node: NodeBody) -> bool:
+        """Whether `node` carries exactly what the hub publishes."""
+        meta = self.announcement(node)["metadata"]
+        have = node_annotations(node)
+        return node_labels(node).get(self.settings.keys.hub) == "true" and all(
+            have.get(key) == value for key, value in meta["annotations"].items()
+        )
+
+    async def announce(self, node: NodeBody | None = None) -> None:
+        """Label the hub's own Node and publish its public key, endpoint and allowed-ips.
+
+        Called at start and whenever the Node stops carrying them (someone removed them,
+        or its ExternalIP changed).
+        """
+        settings = self.settings
+        if node is None:
+            node = await self.api.get_node(settings.node_name)
+        patch = self.announcement(node)
+        endpoint = patch["metadata"]["annotations"][settings.keys.endpoint]
+        if endpoint is None:
+            log.warning(
+                "node %s has no ExternalIP and no --endpoint was given: publishing no endpoint; "
+                "spokes cannot dial the hub until one is set",
+                settings.node_name,
+            )
         await self.api.patch_node(settings.node_name, patch)
         log.info(
             "announced node %s as the hub: endpoint %s, allowed-ips %s",

@@ -15,6 +15,7 @@ from typing import Any
 import kopf
 from kubernetes_asyncio import client
 
+from wgkube.kube.client import KubeApiError
 from wgkube.operator.hub import Hub
 
 
@@ -74,10 +75,16 @@ def install(
             hub.loop.wake()
 
     @kopf.on.event("nodes", registry=registry)
-    def _node_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+    async def _node_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         hub = current()
         if event.get("type") == "DELETED" and hub.peers.observe(body, deleted=True):
             hub.loop.wake()
         if not hub.loop.listed.is_set():
             hub.loop.listed.set()
             hub.loop.wake()
+        own = body.get("metadata", {}).get("name") == hub.settings.node_name
+        if own and event.get("type") != "DELETED" and not hub.announced(body):
+            try:
+                await hub.announce(body)
+            except KubeApiError as exc:  # the next change or restart tries again
+                logging.getLogger("wgkube.hub").warning("re-announcing the hub failed: %s", exc)
