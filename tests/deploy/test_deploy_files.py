@@ -164,3 +164,16 @@ def test_cloud_init_installs_the_same_unit_and_sets_node_ip_to_the_wireguard_add
     assert "After=wg-kube-spoke.service" in dropin
     commands = " ".join(str(c) for c in config["runcmd"])
     assert commands.index("enable --now wg-kube-spoke") < commands.index("restart kubelet")
+
+
+def test_the_manifests_pass_a_server_side_dry_run_on_a_real_apiserver(
+    request: pytest.FixtureRequest,
+) -> None:
+    plane = request.getfixturevalue("real_api_server")
+    namespace = plane.kubectl("apply", "-f", str(ROOT / "manifests" / "namespace.yaml"))
+    assert namespace.returncode == 0, namespace.stderr
+    dry = plane.kubectl("apply", "--dry-run=server", "-f", str(ROOT / "manifests"))
+    assert dry.returncode == 0, dry.stderr
+    for kind in ("serviceaccount", "clusterrole", "clusterrolebinding", "role", "rolebinding"):
+        assert kind in dry.stdout, dry.stdout
+    assert "daemonset.apps/wg-kube" in dry.stdout

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.api import BOTH, emulator_and_real
 from tests.support.procs import MemoryDevice, Process, base_env
 from wgkube.domain.keys import PrivateKey
 from wgkube.testing.apiserver import ApiServer, wait_for
@@ -144,6 +145,12 @@ class HubHarness:
             message=f"a {reason} Event on node {node}",
         )
         return event
+
+
+@pytest.fixture(params=BOTH)
+def api_server(request: pytest.FixtureRequest) -> Iterator[ApiServer]:
+    """This suite runs against the emulator and against a real kube-apiserver."""
+    yield from emulator_and_real(request)
 
 
 @pytest.fixture

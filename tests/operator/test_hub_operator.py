@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+import time
 
 import pytest
 
@@ -220,6 +221,7 @@ class TestBadInput:
         hub.create_peer("dup-old", dup, "100.96.0.5/32")
         hub.create_peer("overlap-old", older_overlap, "10.50.0.0/16")
         hub.start()
+        time.sleep(1.1)  # creationTimestamp has one-second resolution: make "new" newer
         hub.create_peer("dup-new", dup, "100.96.0.6/32")
         hub.create_peer("overlap-new", new_key(), "10.50.1.0/24")
         hub.create_peer("hub-address", new_key(), "100.96.0.0/24")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.operator.conftest import PREFIX, HubHarness, new_key
 from wgkube.testing.apiserver import EmulatorControls, RequestRecord
+from wgkube.testing.controlplane import ControlPlane
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE_ACCOUNT = "system:serviceaccount:wg-kube:wg-kube"
@@ -94,3 +96,34 @@ def test_every_request_of_a_full_scenario_is_granted_and_every_grant_is_used(
     assert all(r.status is not None and r.status < 400 for r in resource_requests), [
         (r.verb, r.path, r.status) for r in resource_requests if (r.status or 0) >= 400
     ]
+
+
+def test_on_a_real_apiserver_the_hub_needs_nothing_beyond_rbac_yaml(
+    hub: HubHarness, request: pytest.FixtureRequest
+) -> None:
+    if hub.api.controls is not None:
+        pytest.skip("RBAC is enforced only by the real kube-apiserver")
+    plane: ControlPlane = request.getfixturevalue("real_api_server")
+    for manifest in ("namespace.yaml", "rbac.yaml"):
+        applied = plane.kubectl("apply", "-f", str(ROOT / "manifests" / manifest))
+        assert applied.returncode == 0, applied.stderr
+    kubeconfig = plane.kubeconfig_for(SERVICE_ACCOUNT)
+    denied = plane.kubectl("get", "secrets", "-A", user=SERVICE_ACCOUNT)
+    assert denied.returncode != 0, "the hub's identity can read Secrets: not least privilege"
+    assert "forbidden" in denied.stderr.lower()
+
+    good, other = new_key(), new_key()
+    hub.create_peer("good", good, "100.96.0.2/32")
+    hub.create_peer("bad", "not-a-key", "100.96.0.3/32")
+    proc = hub.start("--resync-interval", "0.5", kubeconfig=kubeconfig)
+    hub.wait_peers({good})
+    hub.wait_event("bad", "InvalidPeerConfig")
+    hub.create_peer("other", other, "100.96.0.4/32")
+    hub.wait_peers({good, other})
+    hub.api.delete_node("other")
+    hub.wait_peers({good})
+    hub.wait_reconciles(2)
+    annotations = (hub.api.get("nodes", "hub-1") or {})["metadata"]["annotations"]
+    assert annotations[PREFIX + "public-key"]
+    assert "403" not in proc.log
+    assert "forbidden" not in proc.log.lower()

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.api import BOTH, emulator_and_real
 from tests.support.procs import MemoryDevice, Process, base_env
 from wgkube.domain.keys import PrivateKey
 from wgkube.testing.apiserver import ApiServer, wait_for
@@ -79,6 +80,12 @@ class SpokeHarness:
             message=f"the hub peer {key}; have {sorted(self.device.peers())}",
         )
         return peer
+
+
+@pytest.fixture(params=BOTH)
+def api_server(request: pytest.FixtureRequest) -> Iterator[ApiServer]:
+    """This suite runs against the emulator and against a real kube-apiserver."""
+    yield from emulator_and_real(request)
 
 
 @pytest.fixture

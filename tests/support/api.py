@@ -59,6 +59,10 @@ async def async_wait_for(
 
 @pytest.fixture
 def api_server() -> Iterator[ApiServer]:
+    yield from _emulated_or_configured()
+
+
+def _emulated_or_configured() -> Iterator[ApiServer]:
     real = os.environ.get(REAL_KUBECONFIG_ENV)
     if real:
         yield RealApiServer(real)
@@ -68,6 +72,31 @@ def api_server() -> Iterator[ApiServer]:
         errors = api.internal_errors
     if errors:
         pytest.fail(f"the API emulator failed internally: {errors!r}")
+
+
+BOTH = [
+    pytest.param("emulator", id="emulator"),
+    pytest.param("real", marks=pytest.mark.realapi, id="real"),
+]
+"""Parameters for an `api_server` override that runs a suite against both servers."""
+
+
+def emulator_and_real(request: pytest.FixtureRequest) -> Iterator[ApiServer]:
+    """The body of a parametrised `api_server` (params=BOTH): the emulator, or the real
+    kube-apiserver of tests/support/controlplane.py, emptied of Nodes and Events after
+    each test since it is shared by the session."""
+    if request.param == "emulator":
+        yield from _emulated_or_configured()
+        return
+    plane = request.getfixturevalue("real_api_server")
+    api = RealApiServer(plane.kubeconfig, kubeconfig_for=plane.kubeconfig_for)
+    try:
+        yield api
+    finally:
+        for node in api.list("nodes"):
+            api.delete("nodes", node["metadata"]["name"])
+        for event in api.list("events", namespace="default"):
+            api.delete("events", event["metadata"]["name"], namespace="default")
 
 
 @pytest.fixture
