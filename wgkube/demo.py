@@ -90,6 +90,12 @@ class Demo(Lab):
             )
         return rows
 
+    async def show(self) -> bool:
+        try:
+            return await self.run()
+        finally:
+            await self.close_kernels()
+
     # -- the show ------------------------------------------------------------------------
     async def run(self) -> bool:
         say(
@@ -226,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo = Demo(workdir, args.spokes)
     ok = False
     try:
-        ok = asyncio.run(demo.run())
+        ok = asyncio.run(demo.show())
     except KeyboardInterrupt:
         say("\ninterrupted")
     except RuntimeError as exc:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -39,12 +40,23 @@ def ifindex(node: Node) -> int:
 
 
 @pytest.fixture
-def lab(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Lab]:
+async def lab(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Lab]:
     lab = Lab(tmp_path / "lab", backend=request.param, hub_args=("--allowed-ips", "100.96.0.0/24"))
     try:
         yield lab
     finally:
+        await lab.close_kernels()
         lab.clean()
+
+
+async def until(what: str, probe: Callable[[], Awaitable[bool]], within: float) -> None:
+    """Poll `probe` until true; fail naming `what` after `within` seconds (scaled in the VM)."""
+    deadline = time.monotonic() + within * SLOW
+    while time.monotonic() < deadline:
+        if await probe():
+            return
+        await asyncio.sleep(0.1)
+    pytest.fail(f"timed out after {within * SLOW:.0f}s: {what}")
 
 
 @pytest.mark.parametrize(
@@ -91,12 +103,11 @@ async def test_spokes_reach_the_hub_a_peer_joins_and_leaves_without_loss_and_the
         lab.stop_process(third)  # else its agent re-asserts the label at once
         lab.api.patch_node(third.name, {"metadata": {"labels": {PREFIX + "peer": None}}})
         key = lab.public_key(third)
-        for _ in range(int(100 * SLOW)):
-            if key not in {p.public_key.b64 for p in (await lab.observe(hub)).peers.values()}:
-                break
-            await asyncio.sleep(0.1)
-        else:
-            pytest.fail("the unlabelled peer was not removed from the hub")
+
+        async def third_gone() -> bool:
+            return key not in {p.public_key.b64 for p in (await lab.observe(hub)).peers.values()}
+
+        await until("the unlabelled peer leaves the hub", third_gone, within=30)
         for stream in streams:  # replies to what was sent during the change, too
             await stream.wait_for_replies(len(stream.replies) + 50)
     finally:
@@ -110,16 +121,15 @@ async def test_spokes_reach_the_hub_a_peer_joins_and_leaves_without_loss_and_the
     # The hub's ExternalIP moves: the hub republishes, spokes follow in place.
     NetNS(hub.ns).ip("address", "add", "198.18.0.2/24", "dev", "eth0")
     spoke_index = {s.name: ifindex(s) for s in spokes}
-    moved = [{"type": "ExternalIP", "address": "198.18.0.2"}]
-    lab.api.patch_node(hub.name, {"status": {"addresses": moved}}, status=True)
+    new_address = [{"type": "ExternalIP", "address": "198.18.0.2"}]
+    lab.api.patch_node(hub.name, {"status": {"addresses": new_address}}, status=True)
     for spoke in spokes:
-        for _ in range(int(100 * SLOW)):
+
+        async def follows(spoke: Node = spoke) -> bool:
             peers = (await lab.observe(spoke)).peers.values()
-            if [str(p.endpoint) for p in peers] == ["198.18.0.2:51820"]:
-                break
-            await asyncio.sleep(0.1)
-        else:
-            pytest.fail(f"{spoke.name} did not follow the hub's new endpoint")
+            return [str(p.endpoint) for p in peers] == ["198.18.0.2:51820"]
+
+        await until(f"{spoke.name} follows the hub's new endpoint", follows, within=30)
         assert ifindex(spoke) == spoke_index[spoke.name], f"{spoke.name} recreated its interface"
         result = await lab.ping(spoke, HUB_WG, count=3)
         assert result.received == 3, result.output

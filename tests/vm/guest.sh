@@ -13,5 +13,7 @@ if [[ -f "$RESULT/cmd" ]]; then
   exec bash "$RESULT/cmd"
 fi
 # addopts is emptied: the host's default deselects `kernel`; here only `kernel` runs.
+# Files of a test (logs of the processes it starts) go to the checkout, so that they
+# survive the VM: .cache/vm-pytest/ holds the last run's.
 exec .venv/bin/python -m pytest -m kernel -o addopts="" -p no:cacheprovider -rs --durations=8 \
-  --junitxml="$RESULT/junit.xml" "${@:-tests}"
+  --basetemp=.cache/vm-pytest --junitxml="$RESULT/junit.xml" "${@:-tests}"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from wgkube.diff.model import ObservedState
 from wgkube.domain.keys import PrivateKey, load_private_key
-from wgkube.kernel import Backend, open_kernel
+from wgkube.kernel import Backend, Kernel, open_kernel
 from wgkube.testing.apiserver import RealApiServer
 from wgkube.testing.netns import NetNS, PingResult, finish_ping, start_ping
 
@@ -96,6 +96,7 @@ class Lab:
         self.backend = backend
         self.hub_args = hub_args
         self._children: list[subprocess.Popen[bytes]] = []
+        self._kernels: dict[str, Kernel] = {}
         """Kept to reap them: a Popen dropped while its process runs is a ResourceWarning."""
         self.state = LabState(str(workdir))
         self.api: RealApiServer | None = None
@@ -205,17 +206,22 @@ class Lab:
         self.state.save()
 
     # -- observation -------------------------------------------------------------------
+    async def kernel(self, node: Node) -> Kernel:
+        """One adapter per node, opened once: opening probes and forks a netns helper."""
+        if node.name not in self._kernels:
+            self._kernels[node.name] = await open_kernel(self.backend, netns=node.ns)
+        return self._kernels[node.name]
+
     async def observe(self, node: Node) -> ObservedState:
-        kernel = await open_kernel(self.backend, netns=node.ns)
-        try:
-            return await kernel.observe(node.ifname)
-        finally:
-            await kernel.close()
+        return await (await self.kernel(node)).observe(node.ifname)
 
     async def backend_name(self, node: Node) -> str:
-        kernel = await open_kernel(self.backend, netns=node.ns)
-        await kernel.close()
-        return kernel.name
+        return (await self.kernel(node)).name
+
+    async def close_kernels(self) -> None:
+        for kernel in self._kernels.values():
+            await kernel.close()
+        self._kernels.clear()
 
     def public_key(self, node: Node) -> str:
         path = self.workdir / "keys" / f"{node.name}.key"
