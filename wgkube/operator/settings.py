@@ -6,19 +6,18 @@ import ipaddress
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field
 
-from wgkube.domain.annotations import DEFAULT_PREFIX, Keys
+from wgkube.domain.annotations import DEFAULT_PREFIX
 from wgkube.domain.net import (
     DEFAULT_PORT,
     Endpoint,
     IPInterface,
     IPNetwork,
-    normalize_networks,
     parse_interface,
-    parse_networks,
 )
 from wgkube.kernel.port import ROUTE_PROTOCOL
+from wgkube.node_settings import NodeSettings
 
 
 def _env(name: str, flag: str | None = None) -> Any:
@@ -28,9 +27,7 @@ def _env(name: str, flag: str | None = None) -> Any:
     return extra
 
 
-class HubSettings(BaseModel):
-    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True, extra="forbid")
-
+class HubSettings(NodeSettings):
     annotation_prefix: str = Field(DEFAULT_PREFIX, json_schema_extra=_env("ANNOTATION_PREFIX"))
     """Prefix for all annotations and labels."""
 
@@ -98,50 +95,6 @@ class HubSettings(BaseModel):
         "info", json_schema_extra=_env("WG_LOG_LEVEL")
     )
     """Log level."""
-
-    @field_validator("address", mode="before")
-    @classmethod
-    def _address(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            items = [p for p in value.replace(" ", ",").split(",") if p]
-            if not items:
-                raise ValueError("at least one address is required")
-            return tuple(parse_interface(p) for p in items)
-        return value
-
-    @field_validator("allowed_ips", mode="before")
-    @classmethod
-    def _allowed(cls, value: Any) -> Any:
-        return parse_networks(value) if isinstance(value, str) else value
-
-    @field_validator("annotation_prefix")
-    @classmethod
-    def _prefix(cls, value: str) -> str:
-        Keys(prefix=value)
-        return value
-
-    @field_validator("endpoint")
-    @classmethod
-    def _endpoint(cls, value: str | None) -> str | None:
-        if value:
-            Endpoint.parse(value)
-        return value or None
-
-    @model_validator(mode="after")
-    def _check(self) -> HubSettings:
-        if self.interface in {".", ".."} or "/" in self.interface or " " in self.interface:
-            raise ValueError(f"invalid interface name {self.interface!r}")
-        return self
-
-    @property
-    def keys(self) -> Keys:
-        return Keys(prefix=self.annotation_prefix)
-
-    @property
-    def advertised(self) -> tuple[IPNetwork, ...]:
-        if self.allowed_ips:
-            return self.allowed_ips
-        return normalize_networks(a.network for a in self.address)
 
     @property
     def key_path(self) -> Path:

@@ -6,28 +6,25 @@ import socket
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field
 
-from wgkube.domain.annotations import DEFAULT_PREFIX, Keys
+from wgkube.domain.annotations import DEFAULT_PREFIX
 from wgkube.domain.net import (
     DEFAULT_PORT,
     Endpoint,
     IPInterface,
     IPNetwork,
-    normalize_networks,
     parse_interface,
-    parse_networks,
 )
 from wgkube.kernel.port import ROUTE_PROTOCOL
+from wgkube.node_settings import NodeSettings
 
 
 def _env(name: str, flag: str) -> Any:
     return {"env": name, "flag": flag}
 
 
-class SpokeSettings(BaseModel):
-    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True, extra="forbid")
-
+class SpokeSettings(NodeSettings):
     kubeconfig: Path = Field(
         Path("/etc/kubernetes/kubelet.conf"), json_schema_extra=_env("KUBECONFIG", "--kubeconfig")
     )
@@ -122,47 +119,6 @@ class SpokeSettings(BaseModel):
         "info", json_schema_extra=_env("WG_LOG_LEVEL", "--log-level")
     )
     """Log level."""
-
-    @field_validator("address", mode="before")
-    @classmethod
-    def _address(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            items = [p for p in value.replace(" ", ",").split(",") if p]
-            if not items:
-                raise ValueError("at least one address is required")
-            return tuple(parse_interface(p) for p in items)
-        return value
-
-    @field_validator("allowed_ips", "hub_allowed_ips", mode="before")
-    @classmethod
-    def _networks(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return parse_networks(value) if value.strip() else None
-        return value
-
-    @field_validator("annotation_prefix")
-    @classmethod
-    def _prefix(cls, value: str) -> str:
-        Keys(prefix=value)
-        return value
-
-    @field_validator("endpoint")
-    @classmethod
-    def _endpoint(cls, value: str | None) -> str | None:
-        if value:
-            Endpoint.parse(value)
-        return value or None
-
-    @property
-    def keys(self) -> Keys:
-        return Keys(prefix=self.annotation_prefix)
-
-    @property
-    def advertised(self) -> tuple[IPNetwork, ...]:
-        """WG_ALLOWED_IPS, else the networks of WG_ADDRESS (the original default)."""
-        if self.allowed_ips:
-            return self.allowed_ips
-        return normalize_networks(a.network for a in self.address)
 
     @property
     def key_path(self) -> Path:
