@@ -72,7 +72,7 @@ async def test_spokes_reach_the_hub_a_peer_joins_and_leaves_without_loss_and_the
 ) -> None:
     await skip_unless(lab.backend)
     lab.make_bridge()
-    lab.start_api()
+    lab.start_api(in_process=True)
     assert lab.api is not None
     hub = Node("hub", "hub", 1)
     lab.add_node(hub)

@@ -22,7 +22,7 @@ from pathlib import Path
 from wgkube.diff.model import ObservedState
 from wgkube.domain.keys import PrivateKey, load_private_key
 from wgkube.kernel import Backend, Kernel, open_kernel
-from wgkube.testing.apiserver import RealApiServer
+from wgkube.testing.apiserver import ApiServer, EmulatedApiServer, RealApiServer
 from wgkube.testing.netns import NetNS, PingResult, finish_ping, start_ping
 
 BRIDGE = "wgkdemo0"
@@ -97,9 +97,10 @@ class Lab:
         self.hub_args = hub_args
         self._children: list[subprocess.Popen[bytes]] = []
         self._kernels: dict[str, Kernel] = {}
+        self._in_process: EmulatedApiServer | None = None
         """Kept to reap them: a Popen dropped while its process runs is a ResourceWarning."""
         self.state = LabState(str(workdir))
-        self.api: RealApiServer | None = None
+        self.api: ApiServer | None = None
         self.kubeconfig = workdir / "kubeconfig"
         for sub in ("logs", "keys"):
             (workdir / sub).mkdir(parents=True, exist_ok=True)
@@ -112,7 +113,17 @@ class Lab:
         sh("ip", "address", "add", f"{UNDERLAY}.254/24", "dev", BRIDGE)
         sh("ip", "link", "set", BRIDGE, "up")
 
-    def start_api(self) -> None:
+    def start_api(self, *, in_process: bool = False) -> None:
+        """The emulator on the bridge address: a process of its own (it outlives us with
+        --keep), or `in_process` in a thread of ours (one Python start less: tests)."""
+        if in_process:
+            server = EmulatedApiServer(
+                host=f"{UNDERLAY}.254", port=API_PORT, kubeconfig_path=self.kubeconfig
+            )
+            server.__enter__()
+            self._in_process = server
+            self.api = server
+            return
         log = (self.workdir / "logs" / "apiserver.log").open("ab")
         proc = subprocess.Popen(
             [
@@ -261,6 +272,9 @@ class Lab:
     def clean(self) -> None:
         clean(self.state)
         self._reap()
+        if self._in_process is not None:
+            self._in_process.__exit__(None, None, None)
+            self._in_process = None
 
     def _reap(self) -> None:
         for child in list(self._children):
