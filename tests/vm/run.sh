@@ -16,7 +16,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 VNG=${VNG:-$ROOT/.venv/bin/vng}
 # vng runs its helpers (virtme-run, virtme-init) from PATH.
 export PATH="$ROOT/.venv/bin:$PATH"
-TIMEOUT=${WGKUBE_VM_TIMEOUT:-1200}
+TIMEOUT=${WGKUBE_VM_TIMEOUT:-2700}
 MEMORY=${WGKUBE_VM_MEMORY:-2G}
 
 die() { echo "tests/vm/run.sh: $*" >&2; exit 2; }
