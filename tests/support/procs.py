@@ -18,11 +18,17 @@ class Process:
     """A `wg-kube` subprocess whose combined output goes to a log file."""
 
     def __init__(
-        self, argv: Sequence[str], *, env: dict[str, str], log_path: Path, netns: str | None = None
+        self,
+        argv: Sequence[str],
+        *,
+        env: dict[str, str],
+        log_path: Path,
+        netns: str | None = None,
+        module: str = "wgkube",
     ) -> None:
         self.log_path = log_path
         log = log_path.open("ab")
-        cmd = [sys.executable, "-m", "wgkube", *argv]
+        cmd = [sys.executable, "-m", module, *argv]
         if netns:
             cmd = ["ip", "netns", "exec", netns, *cmd]
         self.proc = subprocess.Popen(

@@ -1,0 +1,34 @@
+"""`kopf run -m wgkube.operator.dev`: the same hub under Kopf's own CLI, for development."""
+
+from __future__ import annotations
+
+from tests.operator.conftest import HUB, PREFIX, HubHarness, new_key
+from tests.support.procs import Process, base_env
+from wgkube.testing.apiserver import wait_for
+
+
+def test_kopf_run_serves_the_hub_from_environment_settings(hub: HubHarness) -> None:
+    key = new_key()
+    hub.create_peer("spoke-a", key, "100.96.0.2/32")
+    env = base_env(
+        KUBECONFIG=str(hub.api.kubeconfig),
+        NODE_NAME=HUB,
+        WG_BACKEND="memory",
+        WGKUBE_MEMORY_STATE=str(hub.device.path),
+        WG_KEY_DIR=str(hub.key_dir),
+        WG_PROBE_ADDRESS="",
+        WG_DEBOUNCE="0.05",
+    )
+    proc = Process(
+        ["run", "--standalone", "--all-namespaces", "-m", "wgkube.operator.dev"],
+        env=env,
+        log_path=hub.tmp / "kopf-run.log",
+        module="kopf",
+    )
+    hub.processes.append(proc)
+    assert hub.wait_peers({key})[key]["allowed_ips"] == ["100.96.0.2/32"]
+    wait_for(
+        lambda: (hub.api.get("nodes", HUB) or {})["metadata"].get("labels", {}).get(PREFIX + "hub"),
+        message="the hub label",
+    )
+    assert proc.stop() == 0
