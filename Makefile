@@ -18,8 +18,8 @@ $(VENV)/.installed: pyproject.toml
 setup: system $(VENV)/.installed
 
 lint: setup
-	$(BIN)/ruff check wgkube tests
-	$(BIN)/ruff format --check wgkube tests
+	$(BIN)/ruff check wgkube tests bench
+	$(BIN)/ruff format --check wgkube tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
@@ -36,11 +36,25 @@ controlplane:
 
 test: lint controlplane test-host test-kernel
 
+# Benchmarks against baselines measured in the same run (< 20 min on 2 cores); needs root.
+bench: setup
+	$(PY) -m bench.run --json bench/results.json
+
+bench-quick: setup
+	$(PY) -m bench.run --quick --json bench/results-quick.json
+
 clean:
 	rm -rf $(VENV) .cache .mypy_cache .ruff_cache
 
 demo: setup
 	$(PY) -m wgkube.demo $(if $(KEEP),--keep)
 
-demo-clean:
+demo-# Benchmarks against baselines measured in the same run (< 20 min on 2 cores); needs root.
+bench: setup
+	$(PY) -m bench.run --json bench/results.json
+
+bench-quick: setup
+	$(PY) -m bench.run --quick --json bench/results-quick.json
+
+clean:
 	$(PY) -m wgkube.demo --clean

@@ -1,0 +1,633 @@
+"""`make bench`: wg-kube against baselines measured in the same run; a table and a JSON file.
+
+    .venv/bin/python -m bench.run [--quick] [--json bench/results.json] [--no-vm]
+
+Where things run (decided for isolation on a shared machine):
+  host suite   one throw-away network namespace (`ip netns`, name wgbench-<hex>) holds the
+               API emulator (a `python -m wgkube.testing.apiserver` process on that
+               namespace's 127.0.0.1), real `wg-kube hub --backend userspace` processes
+               and their wireguard-go devices, and the baseline's devices; nothing is
+               added to the host's own namespace. The namespace is deleted at the end,
+               after any process still in it is killed.
+  disruption   kernel WireGuard exists only in the test VM: one boot of tests/vm/run.sh
+               (virtme-ng, TCG) runs bench/vm_disruption.py. With --quick there is no VM;
+               the same scenario runs on the host with wireguard-go instead.
+
+Requires root (namespaces), wireguard-go, wireguard-tools, iproute2; the VM part also
+qemu-system-x86 and linux-image-amd64. Absolute times on a shared 2-core machine are
+noisy: compare the ratios, which are measured back to back in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.common import SOCKET_DIR, log
+from wgkube.testing.netns import create_netns, delete_netns
+
+ROOT = Path(__file__).resolve().parent.parent
+DEBOUNCE = 0.2
+TARGET_RATIO = 2.0
+TARGET_LATENCY_SLACK = 0.05
+TARGET_MEMORY_MB = 150.0
+HOST_BUDGET = {"full": 900.0, "quick": 300.0}
+VM_TIMEOUT = 600
+VM_PEERS = 200
+
+
+# -- environment --------------------------------------------------------------------------------
+
+
+def _first_line(argv: Sequence[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unavailable ({exc})"
+    text = (out.stdout or out.stderr).strip()
+    return text.splitlines()[0] if text else "unknown"
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def environment() -> dict[str, Any]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    vm_kernels = sorted(
+        p.name for p in Path("/boot").glob("vmlinuz-*-amd64") if "-cloud-" not in p.name
+    )
+    dirty = subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain"], capture_output=True, text=True
+    ).stdout
+    return {
+        "cpu_model": cpu,
+        "cpu_count": os.cpu_count(),
+        "kernel": platform.release(),
+        "machine": platform.machine(),
+        "vm_kernel": vm_kernels[-1] if vm_kernels else None,
+        "backend_host": "userspace (wireguard-go over UAPI)",
+        "backend_vm": "kernel WireGuard (netlink), TCG-emulated VM",
+        "python": platform.python_version(),
+        "versions": {
+            "wg-kube": _version("wg-kube"),
+            "kopf": _version("kopf"),
+            "pyroute2": _version("pyroute2"),
+            "kubernetes_asyncio": _version("kubernetes_asyncio"),
+            "aiohttp": _version("aiohttp"),
+            "kmock": _version("kmock"),
+            "pydantic": _version("pydantic"),
+            "wireguard-go": _first_line(["wireguard-go", "--version"]),
+            "wireguard-tools": _first_line(["wg", "--version"]),
+            "iproute2": _first_line(["ip", "-V"]),
+            "qemu": _first_line(["qemu-system-x86_64", "--version"]),
+        },
+        "git_commit": _first_line(["git", "-C", str(ROOT), "rev-parse", "HEAD"]),
+        "git_dirty_files": len(dirty.splitlines()),
+        "loadavg_start": list(os.getloadavg()),
+    }
+
+
+# -- running the parts --------------------------------------------------------------------------
+
+
+def run_host(quick: bool) -> dict[str, Any]:
+    """bench.host inside a throw-away namespace; whatever is left in it is killed after."""
+    ns = create_netns("wgbench")
+    out = Path(tempfile.mkstemp(prefix="wgkube-bench-host-", suffix=".json")[1])
+    budget = HOST_BUDGET["quick" if quick else "full"]
+    try:
+        argv = ns.argv(sys.executable, "-m", "bench.host", "--json", str(out))
+        if quick:
+            argv.append("--quick")
+        proc = subprocess.Popen(argv, cwd=ROOT, start_new_session=True)
+        try:
+            code = proc.wait(budget)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+            return {"status": "failed", "error": f"the host suite exceeded {budget:.0f}s"}
+        if code != 0 or out.stat().st_size == 0:
+            return {"status": "failed", "error": f"the host suite exited with {code}"}
+        data: dict[str, Any] = json.loads(out.read_text())
+        return data
+    finally:
+        out.unlink(missing_ok=True)
+        _empty_namespace(ns.name)
+        delete_netns(ns)
+
+
+def _empty_namespace(name: str) -> None:
+    """Kill what the suite left running in its namespace and drop their UAPI sockets."""
+    links = subprocess.run(
+        ["ip", "-n", name, "-o", "link", "show"], capture_output=True, text=True
+    ).stdout
+    names = [ln.split(":")[1].strip().split("@")[0] for ln in links.splitlines() if ":" in ln]
+    pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout
+    for pid in pids.split():
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid), 9)
+    for ifname in names:
+        if ifname.startswith("wgb"):
+            with contextlib.suppress(FileNotFoundError):
+                (SOCKET_DIR / f"{ifname}.sock").unlink()
+
+
+def run_vm() -> dict[str, Any]:
+    """One VM boot (tests/vm/run.sh) running bench/vm_disruption.py with kernel WireGuard."""
+    script = ROOT / "tests" / "vm" / "run.sh"
+    if not script.exists():
+        return {"status": "not run", "error": f"{script} is missing"}
+    cache = ROOT / ".cache"
+    cache.mkdir(exist_ok=True)
+    result_dir = Path(tempfile.mkdtemp(prefix="bench-vm-", dir=cache))
+    out = result_dir / "disruption.json"
+    command = (
+        f".venv/bin/python -m bench.vm_disruption --netns --backend kernel --peers {VM_PEERS} "
+        f"--baseline-changes 2 --recovery-cap 40 --slow 10 --json {out} --workdir {result_dir}"
+    )
+    env = {**os.environ, "WGKUBE_VM_CMD": command, "WGKUBE_VM_TIMEOUT": str(VM_TIMEOUT)}
+    started = time.monotonic()
+    tail: list[str] = []
+    try:
+        proc = subprocess.Popen(
+            [str(script)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            print(f"  vm| {line.rstrip()}", file=sys.stderr, flush=True)
+            tail = [*tail[-30:], line.rstrip()]
+        code = proc.wait()
+        elapsed = time.monotonic() - started
+        if not out.exists():
+            for log_file in sorted(result_dir.rglob("hub-*.log")):
+                print(f"  vm| --- {log_file.name} (tail)", file=sys.stderr)
+                print(log_file.read_text(errors="replace")[-3000:], file=sys.stderr)
+            return {
+                "status": "failed",
+                "error": f"the VM run produced no result (exit {code}); last output: "
+                + " | ".join(tail[-8:]),
+                "wall_s": elapsed,
+            }
+        data: dict[str, Any] = json.loads(out.read_text())
+        data["wall_s"] = elapsed
+        data["vm_exit"] = code
+        if data.get("status") == "partial":
+            data["error"] = (
+                f"the VM run ended (exit {code}) before the baseline finished; last output: "
+                + " | ".join(tail[-5:])
+            )
+        return data
+    except OSError as exc:
+        return {"status": "failed", "error": f"cannot run {script}: {exc}"}
+    finally:
+        shutil.rmtree(result_dir, ignore_errors=True)
+
+
+# -- sections and targets -----------------------------------------------------------------------
+
+
+def _ok(record: Any) -> bool:
+    return isinstance(record, dict) and record.get("status") not in ("failed", "not measured")
+
+
+def build(host: dict[str, Any], vm: dict[str, Any] | None, quick: bool) -> dict[str, Any]:
+    sizes: dict[str, Any] = host.get("sizes", {}) if _ok(host) else {}
+    ns = sorted(int(n) for n in sizes)
+    targets: list[dict[str, Any]] = []
+
+    def target(name: str, goal: str, measured: str, met: bool | None) -> None:
+        targets.append({"name": name, "target": goal, "measured": measured, "met": met})
+
+    def at(n: int, key: str) -> dict[str, Any]:
+        record = sizes.get(str(n), {})
+        value = record.get(key, {"status": "not measured", "error": "no record"})
+        return value if isinstance(value, dict) else {}
+
+    largest = max(ns) if ns else 0
+    smallest = min(ns) if ns else 0
+
+    # 1. convergence
+    conv_rows, burst_rows = [], []
+    for n in ns:
+        c = at(n, "converge")
+        row: dict[str, Any] = {"n": n, **{k: c.get(k) for k in ("ours_s", "baseline_s", "ratio")}}
+        if c.get("status"):
+            row["status"] = c["status"]
+            row["error"] = c.get("error") or (c.get("timeouts") or [{}])[0].get("error")
+            row["ratio_at_least"] = c.get("ratio_at_least")
+            row["timeouts"] = c.get("timeouts")
+        row["ours_runs_s"] = c.get("ours_runs_s")
+        row["baseline_runs_s"] = c.get("baseline_runs_s")
+        conv_rows.append(row)
+        b, floor = at(n, "burst"), at(n, "burst_floor")
+        brow: dict[str, Any] = {"n": n}
+        if _ok(b) and _ok(floor):
+            base = b["create_s"] + floor["floor_s"]
+            brow.update(
+                ours_s=b["ours_s"],
+                create_s=b["create_s"],
+                apply_floor_s=floor["floor_s"],
+                baseline_s=base,
+                ratio=b["ours_s"] / base,
+                reconciles_that_wrote=b["reconciles_that_wrote"],
+            )
+        else:
+            brow.update(status="failed", error=b.get("error") or floor.get("error"))
+        burst_rows.append(brow)
+    if ns:
+        last = conv_rows[-1]
+        if last.get("ratio") is not None:
+            target(
+                f"convergence ratio at N={largest}",
+                f"<= {TARGET_RATIO:g}x the baseline",
+                f"{last['ratio']:.1f}x ({last['ours_s']:.2f}s vs {last['baseline_s']:.2f}s)",
+                last["ratio"] <= TARGET_RATIO,
+            )
+        elif last.get("ratio_at_least") is not None:
+            target(
+                f"convergence ratio at N={largest}",
+                f"<= {TARGET_RATIO:g}x the baseline",
+                f"> {last['ratio_at_least']:.0f}x: did not converge within "
+                f"{(last.get('timeouts') or [{}])[0].get('timed_out_after_s', 0):.0f}s "
+                f"(baseline {last['baseline_s']:.2f}s)",
+                False,
+            )
+        else:
+            target(f"convergence ratio at N={largest}", "<= 2x", "not measured", False)
+        blast = burst_rows[-1]
+        target(
+            f"burst convergence ratio at N={largest}",
+            f"<= {TARGET_RATIO:g}x (create + apply floor)",
+            f"{blast['ratio']:.1f}x ({blast['ours_s']:.2f}s vs {blast['baseline_s']:.2f}s)"
+            if "ratio" in blast
+            else f"not measured: {blast.get('error')}",
+            blast["ratio"] <= TARGET_RATIO if "ratio" in blast else False,
+        )
+    convergence = {
+        "backend": "userspace",
+        "definition": "hub process spawn on a fresh device -> N peers and N routes in the kernel",
+        "baseline": "start wireguard-go + wg set key/port + one urllib LIST + one `wg set` "
+        "for all peers + one `ip -batch` (address, up, all routes)",
+        "preexisting": conv_rows,
+        "burst_definition": "hub ready with no peers; N Nodes created over HTTP (8 in flight) "
+        "-> N peers and routes; baseline = the creation time itself + `wg set` all peers and "
+        "`ip -batch` all routes onto an existing device",
+        "burst": burst_rows,
+    }
+
+    # 2. incremental + 6. latency
+    inc_rows = []
+    for n in ns:
+        i = at(n, "incremental")
+        if _ok(i):
+            inc_rows.append(
+                {
+                    "n": n,
+                    "samples": i["samples"],
+                    "latency_s": i["latency_s"],
+                    "kernel_ops_median": i["kernel_ops_median"],
+                    "kernel_ops_max": i["kernel_ops_max"],
+                    "verified_in_wireguard": i["verified_in_wireguard"],
+                }
+            )
+        elif i:
+            inc_rows.append({"n": n, "status": "failed", "error": i.get("error")})
+    measured_inc = [r for r in inc_rows if "latency_s" in r]
+    limit = DEBOUNCE + TARGET_LATENCY_SLACK
+    big = next((r for r in measured_inc if r["n"] == largest), None)
+    if big is not None:
+        p50 = big["latency_s"]["p50"]
+        target(
+            f"incremental median at N={largest}",
+            f"<= {limit * 1000:.0f} ms (debounce {DEBOUNCE * 1000:.0f} ms + 50 ms)",
+            f"{p50 * 1000:.0f} ms",
+            p50 <= limit,
+        )
+    else:
+        target(
+            f"incremental median at N={largest}", f"<= {limit * 1000:.0f} ms", "not measured", False
+        )
+    small = next((r for r in measured_inc if r["n"] == smallest), None)
+    if big is not None and small is not None and big is not small:
+        target(
+            "kernel ops per change do not grow with N",
+            f"N={largest} median <= N={smallest} median",
+            f"{big['kernel_ops_median']:g} at N={largest} vs {small['kernel_ops_median']:g} "
+            f"at N={smallest} (max {big['kernel_ops_max']} vs {small['kernel_ops_max']})",
+            big["kernel_ops_median"] <= small["kernel_ops_median"],
+        )
+    incremental = {
+        "definition": "merge-PATCH of one Node's allowed-ips annotation -> the new route is in "
+        "the kernel (the product writes it after the peer's allowed-ips; verified with `wg show` "
+        "after the samples); kernel ops = K of 'applying K change(s)'",
+        "debounce_s": DEBOUNCE,
+        "results": inc_rows,
+    }
+
+    latency_n = int(host.get("latency_n") or (min(ns, key=lambda n: abs(n - 100)) if ns else 0))
+    lat = at(latency_n, "incremental") if ns else {}
+    latency: dict[str, Any] = {"n": latency_n, "debounce_s": DEBOUNCE}
+    if _ok(lat):
+        latency.update(samples=lat["samples"], latency_s=lat["latency_s"], raw_s=lat["latencies_s"])
+    else:
+        latency.update(status="failed", error=lat.get("error", "not measured"))
+
+    # 3. disruption
+    disruption: dict[str, Any]
+    if quick:
+        disruption = host.get("disruption") or {"status": "failed", "error": "no record"}
+        disruption = {"where": "host, userspace (--quick: no VM)", **disruption}
+    elif vm is None:
+        disruption = {"status": "not run", "error": "--no-vm given"}
+    else:
+        disruption = {"where": "VM (TCG), kernel WireGuard, one boot", **vm}
+    if _ok(disruption) and "ours" in disruption:
+        ours, base = disruption["ours"], disruption.get("baseline")
+        versus = (
+            f"baseline: {base['lost']} lost, longest gap {base['longest_gap_s']:.1f}s"
+            if base
+            else "baseline not measured"
+        )
+        target(
+            f"disruption: lost packets, ours ({disruption.get('backend')})",
+            "0",
+            f"{ours['lost']} lost, longest gap {ours['longest_gap_s']:.3f}s ({versus})",
+            ours["lost"] == 0,
+        )
+    else:
+        target(
+            "disruption: lost packets, ours", "0", f"not measured: {disruption.get('error')}", False
+        )
+
+    # 4. restart
+    restart_rows = []
+    for n in ns:
+        r = at(n, "restart")
+        restart_rows.append({"n": n, **r})
+    rlast = restart_rows[-1] if restart_rows else {}
+    if _ok(rlast) and "ready_s" in rlast:
+        target(
+            f"restart at N={largest}: kernel writes",
+            "0",
+            f"{rlast['kernel_ops']} (ready in {rlast['ready_s']:.2f}s)",
+            rlast["kernel_ops"] == 0,
+        )
+    else:
+        target(
+            f"restart at N={largest}: kernel writes",
+            "0",
+            f"not measured: {rlast.get('error')}",
+            False,
+        )
+    restart = {
+        "definition": "SIGTERM the hub, start it again -> /readyz ready",
+        "results": restart_rows,
+    }
+
+    # 5. memory
+    mem_rows = []
+    for n in ns:
+        per = sizes.get(str(n), {}).get("memory_kib") or {}
+        hwm = {k: v.get("VmHWM") for k, v in per.items() if v.get("VmHWM")}
+        peak = max(hwm.values()) if hwm else None
+        mem_rows.append(
+            {
+                "n": n,
+                "peak_vmhwm_mb": peak * 1024 / 1e6 if peak else None,
+                "vmhwm_kib_by_process": hwm,
+            }
+        )
+    peak_mb = mem_rows[-1]["peak_vmhwm_mb"] if mem_rows else None
+    if isinstance(peak_mb, float):
+        target(
+            f"hub peak RSS at N={largest}",
+            f"<= {TARGET_MEMORY_MB:g} MB",
+            f"{peak_mb:.0f} MB",
+            peak_mb <= TARGET_MEMORY_MB,
+        )
+    else:
+        target(f"hub peak RSS at N={largest}", f"<= {TARGET_MEMORY_MB:g} MB", "not measured", False)
+    memory = {"definition": "VmHWM of each hub process (MB = 10^6 bytes)", "results": mem_rows}
+
+    return {
+        "convergence": convergence,
+        "incremental": incremental,
+        "disruption": disruption,
+        "restart": restart,
+        "memory": memory,
+        "latency": latency,
+        "targets": targets,
+    }
+
+
+# -- the table ----------------------------------------------------------------------------------
+
+
+def _s(value: Any, digits: int = 2) -> str:
+    return f"{value:.{digits}f}s" if isinstance(value, int | float) else "-"
+
+
+def _ms(value: Any) -> str:
+    return f"{value * 1000:.0f}" if isinstance(value, int | float) else "-"
+
+
+def _why(record: dict[str, Any]) -> str:
+    return f"{str(record.get('status', 'failed')).upper()}: {str(record.get('error'))[:200]}"
+
+
+def _convergence_lines(c: dict[str, Any]) -> list[str]:
+    lines = [
+        "1. Convergence at scale (userspace): hub start on a fresh device, N Nodes in the API",
+        f"   {'N':>6} {'ours':>10} {'baseline':>10} {'ratio':>8}",
+    ]
+    for r in c["preexisting"]:
+        n, base = r["n"], _s(r.get("baseline_s"))
+        if r.get("ratio") is not None:
+            lines.append(f"   {n:>6} {_s(r['ours_s']):>10} {base:>10} {r['ratio']:>7.1f}x")
+            continue
+        waited = ((r.get("timeouts") or [{}])[0]).get("timed_out_after_s")
+        ours = "> " + _s(waited, 0) if waited else "-"
+        ratio = f"> {r['ratio_at_least']:.0f}x" if r.get("ratio_at_least") else "-"
+        lines.append(f"   {n:>6} {ours:>10} {base:>10} {ratio:>8}  {_why(r)}")
+    lines += [
+        "   Burst: N Nodes created while the hub runs (baseline = creation time + apply floor)",
+        f"   {'N':>6} {'ours':>10} {'baseline':>10} {'ratio':>8} {'create':>8} {'floor':>8}"
+        " reconciles",
+    ]
+    for r in c["burst"]:
+        if "ratio" not in r:
+            lines.append(f"   {r['n']:>6} {_why(r)}")
+            continue
+        lines.append(
+            f"   {r['n']:>6} {_s(r['ours_s']):>10} {_s(r['baseline_s']):>10} "
+            f"{r['ratio']:>7.1f}x {_s(r['create_s']):>8} {_s(r['apply_floor_s'], 3):>8} "
+            f"{r['reconciles_that_wrote']}"
+        )
+    return lines
+
+
+def _incremental_lines(inc: dict[str, Any]) -> list[str]:
+    lines = [
+        "2. Incremental change: one peer's allowed-ips annotation -> new route in the kernel",
+        f"   {'N':>6} {'samples':>8} {'p50 ms':>7} {'p95 ms':>7} {'max ms':>7}"
+        "  kernel ops per change (median, max)",
+    ]
+    for r in inc["results"]:
+        if "latency_s" not in r:
+            lines.append(f"   {r['n']:>6} {_why(r)}")
+            continue
+        q = r["latency_s"]
+        lines.append(
+            f"   {r['n']:>6} {r['samples']:>8} {_ms(q['p50']):>7} {_ms(q['p95']):>7} "
+            f"{_ms(q['max']):>7}  {r['kernel_ops_median']:g}, {r['kernel_ops_max']}"
+            + ("" if r["verified_in_wireguard"] else "  (wg show disagrees!)")
+        )
+    return lines
+
+
+def _disruption_lines(d: dict[str, Any]) -> list[str]:
+    lines = [
+        "3. Disruption: 2 spokes ping the hub every 10 ms while peers are added and removed",
+        f"   ({d.get('where', '')})",
+    ]
+    if "ours" not in d:
+        return [*lines, f"   NOT MEASURED {_why(d)}"]
+    o, b = d["ours"], d.get("baseline")
+    ours = f"ours: {d['peers']} peers added+removed via annotations"
+    lines += [
+        f"   {'':<52} {'lost':>6} {'longest gap':>12}",
+        f"   {ours:<52} {o['lost']:>6} {_s(o['longest_gap_s'], 3):>12}"
+        f"   ({o['reconciles_that_wrote']} reconciles in {_s(o['churn_s'])})",
+    ]
+    if not b:
+        return [*lines, f"   baseline NOT MEASURED ({d.get('status', 'failed')}): {d.get('error')}"]
+    base = f"baseline: wg-quick down && up, {b.get('changes')} change(s)"
+    down_up = ", ".join(_s(c["down_up_s"]) for c in b.get("per_change", []))
+    lines.append(
+        f"   {base:<52} {b['lost']:>6} {_s(b['longest_gap_s'], 3):>12}"
+        f"   (down+up took {down_up})"
+        + ("" if b.get("recovered") else f"; not recovered within {b.get('recovery_cap_s')}s")
+    )
+    return lines
+
+
+def render(results: dict[str, Any]) -> str:
+    env, s = results["environment"], results["sections"]
+    v = env["versions"]
+    lines = [
+        f"wg-kube benchmarks ({results['mode']}), {results['started']}, "
+        f"{results['duration_s']:.0f}s wall",
+        f"  {env['cpu_model']}, {env['cpu_count']} cores, kernel {env['kernel']}, load average "
+        f"{env['loadavg_start'][0]:.1f} -> {env.get('loadavg_end', [0.0])[0]:.1f}",
+        f"  python {env['python']}, kopf {v['kopf']}, pyroute2 {v['pyroute2']}, "
+        f"{v['wireguard-go']}",
+        "  ratios are ours / baseline, measured back to back in the same run",
+    ]
+    if results["mode"] == "quick":
+        lines.append("  --quick: small N, few samples, no VM: a smoke test; targets not meaningful")
+    lines += ["", *_convergence_lines(s["convergence"])]
+    lines += ["", *_incremental_lines(s["incremental"])]
+    lines += ["", *_disruption_lines(s["disruption"])]
+    lines += [
+        "",
+        "4. Restart with N peers in place -> /readyz ready",
+        f"   {'N':>6} {'ready':>10} {'kernel writes':>14}",
+    ]
+    for r in s["restart"]["results"]:
+        if "ready_s" in r:
+            lines.append(f"   {r['n']:>6} {_s(r['ready_s']):>10} {r['kernel_ops']:>14}")
+        else:
+            lines.append(f"   {r['n']:>6} {_why(r)}")
+    lines += ["", "5. Memory: hub peak RSS (VmHWM, MB = 10^6 bytes)"]
+    for r in s["memory"]["results"]:
+        each = ", ".join(
+            f"{k}: {val * 1024 / 1e6:.0f}" for k, val in r["vmhwm_kib_by_process"].items()
+        )
+        peak = r["peak_vmhwm_mb"]
+        lines.append(
+            f"   N={r['n']:<6} peak {peak:.0f} MB ({each})" if peak else f"   N={r['n']} -"
+        )
+    lat = s["latency"]
+    lines += [
+        "",
+        f"6. Event-to-apply latency, N={lat['n']}, debounce {lat['debounce_s'] * 1000:.0f} ms",
+    ]
+    if "latency_s" in lat:
+        q = lat["latency_s"]
+        lines.append(
+            f"   {lat['samples']} samples: p50 {_ms(q['p50'])} ms, p95 {_ms(q['p95'])} ms, "
+            f"p99 {_ms(q['p99'])} ms (min {_ms(q['min'])}, max {_ms(q['max'])})"
+        )
+    else:
+        lines.append(f"   NOT MEASURED {_why(lat)}")
+    lines += ["", "Targets"]
+    for t in s["targets"]:
+        verdict = "MET    " if t["met"] else "NOT MET"
+        lines.append(f"   [{verdict}] {t['name']}: target {t['target']}; measured {t['measured']}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small N, few samples, no VM")
+    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results.json")
+    parser.add_argument("--no-vm", action="store_true", help="skip the VM (disruption)")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench.run: needs root (network namespaces)", file=sys.stderr)
+        return 2
+    mode = "quick" if args.quick else "full"
+    started = time.monotonic()
+    results: dict[str, Any] = {
+        "mode": mode,
+        "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "environment": environment(),
+    }
+    log(f"host suite ({mode}) in a throw-away network namespace")
+    host = run_host(args.quick)
+    vm = None
+    if not args.quick and not args.no_vm:
+        log("disruption in the VM (one boot, kernel WireGuard)")
+        vm = run_vm()
+    results["environment"]["loadavg_end"] = list(os.getloadavg())
+    results["duration_s"] = time.monotonic() - started
+    results["host_status"] = {k: v for k, v in host.items() if k in ("status", "error")}
+    results["sections"] = build(host, vm, args.quick)
+    results["raw"] = {"host": host, "vm": vm}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(render(results))
+    print(f"\nJSON: {args.json}")
+    return 0 if _ok(host) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
