@@ -14,6 +14,9 @@ from wgkube.kernel.port import Kernel
 
 log = logging.getLogger("wgkube.reconcile")
 
+LOGGED_CHANGES = 20
+"""Changes listed one per line at INFO before a reconcile applies them."""
+
 
 @dataclass
 class Reconciler:
@@ -30,8 +33,18 @@ class Reconciler:
         ops = plan(desired, observed, applied_endpoints=self.applied_endpoints)
         if ops:
             log.info("%s: applying %d change(s)", ifname, len(ops))
-            for line in describe(ops):
-                log.info("%s:   %s", ifname, line)
+            lines = describe(ops)
+            for i, line in enumerate(lines):
+                # The first few at INFO; all of a 5000-peer start-up only at DEBUG.
+                log.log(
+                    logging.INFO if i < LOGGED_CHANGES else logging.DEBUG, "%s:   %s", ifname, line
+                )
+            if len(lines) > LOGGED_CHANGES:
+                log.info(
+                    "%s:   … and %d more (log level debug shows them)",
+                    ifname,
+                    len(lines) - LOGGED_CHANGES,
+                )
             await self.kernel.apply(ifname, ops)
         if desired.peers is not None:
             self.applied_endpoints = {k: p.endpoint for k, p in desired.peers.items()}

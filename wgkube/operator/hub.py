@@ -88,18 +88,12 @@ async def post_rejection(
 
 
 async def relist_peers(api: Api, peers: PeerRegistry) -> None:
-    """An authoritative list on every resync catches deletions a broken watch missed.
-
-    A watch event that lands while the list is in flight is newer than the list: then
-    the list is dropped (the next resync lists again) rather than undoing that event.
-    """
-    before = peers.version
-    nodes, _ = await api.list_nodes()
-    if peers.version != before:
-        log.debug("resync: Nodes changed during the list; keeping the watch's view")
-        return
-    if peers.replace_all(nodes):
-        log.info("resync: the Node list differed from the watch; registry corrected")
+    """An authoritative list: at start (the registry is complete only then) and on every
+    resync (it catches deletions a broken watch missed). Watch events that land while it
+    is in flight are newer and win by resourceVersion."""
+    nodes, version = await api.list_nodes()
+    if peers.replace_all(nodes, version):
+        log.info("Node list applied: %d peer Node(s) known", len(peers))
 
 
 @dataclass

@@ -36,7 +36,7 @@ class LoopStats:
 class HubLoop:
     """Handlers only touch the registry and call `wake()`; this loop does everything else.
 
-    The loop never runs before `listed` is set (the initial listing is complete), so an
+    The loop reconciles nothing before its own first complete list of Nodes, so an
     empty registry at start-up cannot wipe the peers the kernel already has.
     """
 
@@ -44,7 +44,7 @@ class HubLoop:
     reconciler: Reconciler
     registry: PeerRegistry
     report: Reporter
-    relist: Relister | None = None
+    relist: Relister
     debounce: float = 0.2
     resync_interval: float = 60.0
     persistent_keepalive: int = 0
@@ -62,7 +62,7 @@ class HubLoop:
         return self.listed.is_set() and self._healthy
 
     async def run(self) -> None:
-        await self.listed.wait()
+        await self._first_list()
         log.info("initial Node listing complete: %d peer Node(s) known", len(self.registry))
         next_resync = time.monotonic() + self.resync_interval
         backoff = 0.5
@@ -76,7 +76,7 @@ class HubLoop:
             if self._wakeup.is_set() and self.debounce:
                 await asyncio.sleep(self.debounce)  # gather the burst
             self._wakeup.clear()
-            if resync and self.relist is not None:
+            if resync:
                 try:
                     await self.relist()
                 except WgKubeError as exc:
@@ -94,6 +94,21 @@ class HubLoop:
             backoff = 0.5
             if resync:
                 next_resync = time.monotonic() + self.resync_interval
+
+    async def _first_list(self) -> None:
+        """Nothing is reconciled before one complete list of Nodes: until then the kernel
+        keeps every peer it has, whatever the watch has or has not delivered yet."""
+        backoff = 0.5
+        while True:
+            try:
+                await self.relist()
+                break
+            except WgKubeError as exc:
+                log.warning("cannot list Nodes yet (%s); the kernel stays as it is", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+        self.listed.set()
+        self.wake()
 
     async def reconcile_once(self) -> None:
         started = time.monotonic()

@@ -32,6 +32,13 @@ class Entry:
     """Why the Node's data cannot be used (names the node, the key and the fault)."""
 
 
+def _version(node: NodeBody) -> int | None:
+    """The resourceVersion as a number: etcd revisions, which order writes. The API
+    calls them opaque; where one is not a number, events are taken as they come."""
+    text = str(node.get("metadata", {}).get("resourceVersion") or "")
+    return int(text) if text.isdigit() else None
+
+
 class PeerRegistry:
     """Node name -> decoded peer (or the reason it cannot be used). Knows nothing of kopf."""
 
@@ -39,14 +46,25 @@ class PeerRegistry:
         self._keys = keys
         self._own = own_node
         self._entries: dict[str, Entry] = {}
+        self._versions: dict[str, int] = {}
+        """Newest resourceVersion taken per Node name (deletions included)."""
         self.version = 0
         """Bumped on every change, so the loop can tell whether anything happened."""
 
     def observe(self, node: NodeBody, *, deleted: bool = False) -> bool:
-        """Take one Node as it now is; returns whether the registry changed."""
+        """Take one Node as it now is; returns whether the registry changed.
+
+        Two streams feed the registry (Kopf's watch and our own lists), so a Node seen
+        with a resourceVersion older than one already taken is stale and ignored.
+        """
         name = node_name(node)
         if not name or name == self._own:
             return False
+        version = _version(node)
+        if version is not None:
+            if version <= self._versions.get(name, -1):
+                return False
+            self._versions[name] = version
         if deleted or not is_peer(node, self._keys):
             return self._set(name, None)
         ref = NodeRef(name, str(node.get("metadata", {}).get("uid") or ""))
@@ -56,16 +74,26 @@ class PeerRegistry:
             entry = Entry(ref, None, str(exc))
         return self._set(name, entry)
 
-    def replace_all(self, nodes: Iterable[NodeBody]) -> bool:
-        """An authoritative list: Nodes absent from it are gone (missed deletions)."""
+    def replace_all(self, nodes: Iterable[NodeBody], list_version: str = "") -> bool:
+        """An authoritative list: Nodes absent from it are gone (missed deletions).
+
+        A Node absent from the list but seen at a version newer than the list (created
+        while the list was in flight) is kept.
+        """
         seen: set[str] = set()
         changed = False
         for node in nodes:
             seen.add(node_name(node))
             changed |= self.observe(node)
+        at = int(list_version) if list_version.isdigit() else None
         for name in list(self._entries):
-            if name not in seen:
-                changed |= self._set(name, None)
+            if name in seen:
+                continue
+            if at is not None and self._versions.get(name, -1) > at:
+                continue
+            if at is not None:
+                self._versions[name] = at
+            changed |= self._set(name, None)
         return changed
 
     def _set(self, name: str, entry: Entry | None) -> bool:
