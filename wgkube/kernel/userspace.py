@@ -76,8 +76,14 @@ class UserspaceKernel(RtnlBackedKernel):
         # started with LOG_LEVEL keeps the inherited descriptors open forever.
         with tempfile.TemporaryFile() as errors:
             try:
+                # A session of its own: the device must outlive us (a stop, a crash, a
+                # signal to our process group) so that a restart adopts it unchanged.
                 proc = await asyncio.create_subprocess_exec(
-                    *argv, stdin=asyncio.subprocess.DEVNULL, stdout=errors, stderr=errors
+                    *argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=errors,
+                    stderr=errors,
+                    start_new_session=True,
                 )
             except OSError as exc:
                 raise KernelError(f"cannot start {shlex.join(argv)}: {exc}") from exc
