@@ -15,6 +15,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from wgkube.testing.controlplane import kubectl_binary
+
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = sorted((ROOT / "manifests").glob("*.yaml"))
 KUBERNETES_VERSION = "1.37.0"
@@ -43,10 +45,10 @@ def test_the_original_file_names_exist_and_the_kustomization_lists_them_all() ->
     assert image.split(":")[0] == kustomization["images"][0]["name"]
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+@pytest.mark.skipif(kubectl_binary() is None, reason="kubectl is not installed")
 def test_kubectl_kustomize_builds_the_same_objects() -> None:
     out = subprocess.run(
-        ["kubectl", "kustomize", str(ROOT / "manifests")],
+        [str(kubectl_binary()), "kustomize", str(ROOT / "manifests")],
         capture_output=True,
         text=True,
         check=True,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -12,8 +11,9 @@ from typing import Any
 import pytest
 
 from wgkube.testing import ApiServer, EmulatorControls
+from wgkube.testing.controlplane import kubectl_binary
 
-KUBECTL = shutil.which("kubectl")
+KUBECTL = kubectl_binary()
 pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
 
 

@@ -55,6 +55,12 @@ def default_bin_dir() -> Path:
     return Path(__file__).resolve().parents[2] / ".cache" / "controlplane" / "bin"
 
 
+def kubectl_binary() -> str | None:
+    """The kubectl built by `make controlplane` (a current release), else one on PATH."""
+    built = default_bin_dir() / "kubectl"
+    return str(built) if built.exists() else shutil.which("kubectl")
+
+
 def missing_binaries(bin_dir: Path | None = None) -> str | None:
     """Why a control plane cannot start here (a skip reason), or None if it can."""
     bin_dir = bin_dir or default_bin_dir()
