@@ -49,12 +49,5 @@ clean:
 demo: setup
 	$(PY) -m wgkube.demo $(if $(KEEP),--keep)
 
-demo-# Benchmarks against baselines measured in the same run (< 20 min on 2 cores); needs root.
-bench: setup
-	$(PY) -m bench.run --json bench/results.json
-
-bench-quick: setup
-	$(PY) -m bench.run --quick --json bench/results-quick.json
-
-clean:
+demo-clean:
 	$(PY) -m wgkube.demo --clean
