@@ -37,8 +37,8 @@ from wgkube.testing.netns import NetNS, PingStream, can_make_namespaces
 PING_INTERVAL = 0.01
 ORIGINAL_COST = (
     "the original Go controller restarts the interface on every peer change (wg-quick "
-    "down/up); with kernel WireGuard that costs a spoke the hub cannot dial ~930 pings at "
-    "10 ms, a ~15 s gap (README, 'Behaviour on peer changes')"
+    "down/up); measured by make bench with kernel WireGuard, that cuts a spoke the hub "
+    "cannot dial for ~15 s (README, 'Performance')"
 )
 
 
