@@ -181,14 +181,18 @@ class KubeHttpClient:
 
     # --- verbs --------------------------------------------------------------------------------
 
-    def get(self, resource: str, name: str, *, namespace: str | None = None) -> Obj | None:
+    def _unless_missing(self, method: str, path: str) -> Obj | None:
+        """The answer, or None on 404."""
         try:
-            result: Obj = self.request("GET", self.path(resource, name, namespace=namespace))
+            result: Obj = self.request(method, path)
         except ApiError as exc:
             if exc.code == 404:
                 return None
             raise
         return result
+
+    def get(self, resource: str, name: str, *, namespace: str | None = None) -> Obj | None:
+        return self._unless_missing("GET", self.path(resource, name, namespace=namespace))
 
     def list(
         self,
@@ -245,13 +249,7 @@ class KubeHttpClient:
         return result
 
     def delete(self, resource: str, name: str, *, namespace: str | None = None) -> Obj | None:
-        try:
-            result: Obj = self.request("DELETE", self.path(resource, name, namespace=namespace))
-        except ApiError as exc:
-            if exc.code == 404:
-                return None
-            raise
-        return result
+        return self._unless_missing("DELETE", self.path(resource, name, namespace=namespace))
 
 
 def node_body(
