@@ -166,6 +166,7 @@ def test_cloud_init_installs_the_same_unit_and_sets_node_ip_to_the_wireguard_add
     assert "After=wg-kube-spoke.service" in dropin
     commands = " ".join(str(c) for c in config["runcmd"])
     assert commands.index("enable --now wg-kube-spoke") < commands.index("restart kubelet")
+    assert files["/etc/modules-load.d/wireguard.conf"].strip() == "wireguard"
 
 
 def test_the_manifests_pass_a_server_side_dry_run_on_a_real_apiserver(
