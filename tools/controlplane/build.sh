@@ -27,6 +27,11 @@ elapsed() { local ds=$(( ($(date +%s%N) - start) / 100000000 )); printf '%d.%d' 
 # no VCS stamping (the checkout's git state says nothing about these binaries).
 export GOTOOLCHAIN=local GOFLAGS="-mod=mod -buildvcs=false" CGO_ENABLED=0
 
+if ! "$GO" version >/dev/null 2>&1; then
+  echo "controlplane: Go is needed (go.mod asks for go 1.26); install it or set GO=/path/to/go" >&2
+  exit 2
+fi
+
 mkdir -p "$OUT"
 exec 9>"$OUT/.lock"
 flock 9  # concurrent `make controlplane` runs in one checkout wait here
