@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass, field
 
 from wgkube.desired.model import DesiredState
-from wgkube.diff.model import ObservedState, Operation
+from wgkube.diff.model import Operation
 from wgkube.diff.plan import describe, plan
 from wgkube.domain.keys import PublicKey
 from wgkube.domain.net import Endpoint
@@ -24,12 +24,10 @@ class Reconciler:
 
     kernel: Kernel
     applied_endpoints: dict[PublicKey, Endpoint | None] = field(default_factory=dict)
-    last_observed: ObservedState | None = None
 
     async def reconcile(self, desired: DesiredState) -> tuple[Operation, ...]:
         ifname = desired.device.name
         observed = await self.kernel.observe(ifname)
-        self.last_observed = observed
         ops = plan(desired, observed, applied_endpoints=self.applied_endpoints)
         if ops:
             log.info("%s: applying %d change(s)", ifname, len(ops))

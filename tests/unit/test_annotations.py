@@ -42,7 +42,6 @@ def test_the_default_keys_live_under_wireguard_kube() -> None:
     assert keys.public_key == "wireguard.kube/public-key"
     assert keys.endpoint == "wireguard.kube/endpoint"
     assert keys.allowed_ips == "wireguard.kube/allowed-ips"
-    assert keys.peer_selector() == "wireguard.kube/peer=true"
     assert keys.hub_selector() == "wireguard.kube/hub=true"
 
 
@@ -52,7 +51,6 @@ def test_a_custom_prefix_applies_to_every_key() -> None:
     assert keys.endpoint == "wg.example.com/endpoint"
     assert keys.allowed_ips == "wg.example.com/allowed-ips"
     assert keys.hub_selector() == "wg.example.com/hub=true"
-    assert keys.peer_selector() == "wg.example.com/peer=true"
 
 
 @pytest.mark.parametrize(

@@ -6,15 +6,13 @@ import ipaddress
 
 import pytest
 
-from tests.unit.builders import net, nets
+from tests.unit.builders import nets
 from wgkube.domain.errors import InvalidCIDR, InvalidEndpoint, InvalidInput
 from wgkube.domain.net import (
     DEFAULT_PORT,
     Endpoint,
-    IPNetwork,
     format_networks,
     normalize_networks,
-    overlaps,
     parse_interface,
     parse_network,
     parse_networks,
@@ -206,22 +204,6 @@ def test_normalizing_is_idempotent_and_ignores_input_order() -> None:
     assert once == nets("10.0.1.0/24", "10.0.2.0/24", "::/0", "fd00::/64")
     assert normalize_networks(reversed(items)) == once
     assert normalize_networks(once) == once
-
-
-@pytest.mark.parametrize(
-    ("a", "b", "expected"),
-    [
-        pytest.param("10.0.0.0/8", "10.1.0.0/16", True, id="nested"),
-        pytest.param("10.1.0.0/16", "10.0.0.0/8", True, id="nested-reversed"),
-        pytest.param("10.0.0.0/24", "10.0.0.0/24", True, id="equal"),
-        pytest.param("10.0.0.0/25", "10.0.0.128/25", False, id="adjacent"),
-        pytest.param("0.0.0.0/0", "::/0", False, id="v4-and-v6-never"),
-        pytest.param("::ffff:10.0.0.0/104", "10.0.0.0/8", False, id="v4-mapped-is-v6"),
-    ],
-)
-def test_overlap_is_nesting_within_one_ip_version(a: str, b: str, expected: bool) -> None:
-    first: IPNetwork = net(a)
-    assert overlaps(first, net(b)) is expected
 
 
 # -- interface addresses ----------------------------------------------------------------------

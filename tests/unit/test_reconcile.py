@@ -85,7 +85,6 @@ async def test_the_reconciler_remembers_the_published_endpoints_it_applied() -> 
     reconciler = Reconciler(MemoryKernel())
     await reconciler.reconcile(DESIRED)
     assert reconciler.applied_endpoints == {P1: E1, P2: None}
-    assert reconciler.last_observed == ABSENT
 
 
 async def test_a_resync_does_not_overwrite_an_endpoint_the_peer_roamed_to() -> None:

@@ -74,9 +74,6 @@ class Keys(BaseModel):
     def allowed_ips(self) -> str:
         return self.prefix + "allowed-ips"
 
-    def peer_selector(self) -> str:
-        return f"{self.peer}={TRUE}"
-
     def hub_selector(self) -> str:
         return f"{self.hub}={TRUE}"
 

@@ -130,7 +130,3 @@ def parse_interface(text: str) -> IPInterface:
         return ipaddress.ip_interface(item)
     except ValueError as exc:
         raise InvalidCIDR(f"{item!r} is not an interface address ({exc})") from None
-
-
-def overlaps(a: IPNetwork, b: IPNetwork) -> bool:
-    return a.version == b.version and a.overlaps(b)
