@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -198,22 +199,23 @@ class Api:
         await self._json(self._core.create_namespaced_event, "default", body)
 
 
-def _check(status: int, data: Any) -> None:
-    """kubernetes-asyncio raises nothing for errors without preloading: check here."""
-    if status < 400:
-        return
+def _error(status: int | None, data: Any, fallback: str) -> KubeApiError:
+    """The error for an HTTP status and the Status body that came with it."""
+    if isinstance(data, str):
+        with contextlib.suppress(ValueError):
+            data = json.loads(data)
     message = data.get("message") if isinstance(data, dict) else None
     cls = Gone if status == 410 else KubeApiError
-    raise cls(f"API error {status}: {message or str(data)[:200]}", status)
+    return cls(f"API error {status}: {message or fallback or str(data)[:200]}", status)
+
+
+def _check(status: int, data: Any) -> None:
+    """kubernetes-asyncio raises nothing for errors without preloading: check here."""
+    if status >= 400:
+        raise _error(status, data, "")
 
 
 def _translate(exc: ApiException) -> KubeApiError:
-    status = getattr(exc, "status", None)
-    reason = getattr(exc, "reason", "") or ""
-    body = getattr(exc, "body", "") or ""
-    try:
-        message = json.loads(body).get("message", reason)
-    except (ValueError, AttributeError):
-        message = reason or str(exc)
-    cls = Gone if status == 410 else KubeApiError
-    return cls(f"API error {status}: {message}", status)
+    return _error(
+        getattr(exc, "status", None), getattr(exc, "body", "") or "", exc.reason or str(exc)
+    )
