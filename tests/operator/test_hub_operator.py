@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import stat
 import time
+import urllib.request
 
 import pytest
 
@@ -34,6 +35,10 @@ class TestStartUp:
         assert device["addresses"] == ["100.96.0.1/32"]
         assert device["listen_port"] == 51820
         assert device["private_key"] == key.b64
+        url = f"http://127.0.0.1:{hub.probe_port}/healthz"
+        with urllib.request.urlopen(url) as answer:
+            assert answer.read() == b"ok\n"
+        wait_for(lambda: hub.readiness()["ready"], message="/readyz says ready")
 
     def test_flags_override_endpoint_address_port_and_allowed_ips(self, hub: HubHarness) -> None:
         hub.start(
