@@ -9,7 +9,9 @@ WgKubeError
 ├── KeyFileError                        a key file that exists but cannot be used
 ├── KernelError                         the kernel (or wireguard-go) refused or failed
 │   ├── DeviceNotFound                  the interface does not exist
-│   └── BackendUnavailable              the chosen backend cannot run on this host
+│   ├── BackendUnavailable              the chosen backend cannot run on this host
+│   └── OperationRejected               the kernel refused one operation; the device is fine
+│       └── RouteConflict               a route to that destination belongs to someone else
 └── ApiError                            the Kubernetes API failed in a way we report
 """
 
@@ -64,6 +66,23 @@ class DeviceNotFound(KernelError):
 
 class BackendUnavailable(KernelError):
     """The requested WireGuard backend cannot run on this host."""
+
+
+class OperationRejected(KernelError):
+    """The kernel (or wireguard-go) refused one operation for what it carries, not because
+    the device is broken: the caller may skip that operation and apply the others.
+
+    `answer` is the kernel's own words (e.g. "Invalid argument (errno 22)").
+    """
+
+    def __init__(self, message: str, *, answer: str = "") -> None:
+        self.answer = answer
+        super().__init__(message)
+
+
+class RouteConflict(OperationRejected):
+    """A route to the destination exists and is not wg-kube's (another protocol, table
+    owner or device): it is never replaced or deleted."""
 
 
 class ApiError(WgKubeError):
