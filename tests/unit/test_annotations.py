@@ -251,6 +251,88 @@ PEER_FAULTS = [
 ]
 
 
+def _aips(value: str) -> dict[str, str]:
+    return {PK: KEY.b64, AIPS: value}
+
+
+def _ep(value: str) -> dict[str, str]:
+    return {PK: KEY.b64, AIPS: "10.0.1.0/24", EP: value}
+
+
+# Values the kernel refuses or reads differently, and values that make no sense on a peer.
+STRICT_FAULTS = [
+    pytest.param(_aips("fe80::1%eth0/128"), AIPS, "zone index", id="allowed-zone"),
+    pytest.param(_aips("10.0.1.0/24,fe80::%1/64"), AIPS, "zone index", id="allowed-zone-numeric"),
+    pytest.param(_aips("0.0.0.0/0"), AIPS, "default route", id="allowed-default-v4"),
+    pytest.param(_aips("10.0.1.0/24,::/0"), AIPS, "default route", id="allowed-default-v6"),
+    pytest.param(_aips("127.0.0.0/8"), AIPS, "loopback", id="allowed-loopback-v4"),
+    pytest.param(_aips("::1/128"), AIPS, "loopback", id="allowed-loopback-v6"),
+    pytest.param(_aips("224.0.0.1/32"), AIPS, "multicast", id="allowed-multicast-v4"),
+    pytest.param(_aips("ff02::/16"), AIPS, "multicast", id="allowed-multicast-v6"),
+    pytest.param(_aips("255.255.255.255/32"), AIPS, "broadcast", id="allowed-broadcast"),
+    pytest.param(_aips("0.0.0.0/32"), AIPS, "unspecified", id="allowed-unspecified-v4"),
+    pytest.param(_aips("::/128"), AIPS, "unspecified", id="allowed-unspecified-v6"),
+    pytest.param(_aips("::ffff:10.0.0.1/128"), AIPS, "IPv4-mapped", id="allowed-v4-mapped"),
+    pytest.param(_ep("[fe80::1%eth0]:51820"), EP, "zone index", id="endpoint-zone"),
+    pytest.param(_ep("[::1]"), EP, "loopback", id="endpoint-loopback-v6-bare"),
+    pytest.param(_ep("[::1]:51820"), EP, "loopback", id="endpoint-loopback-v6"),
+    pytest.param(_ep("127.0.0.1:51820"), EP, "loopback", id="endpoint-loopback-v4"),
+    pytest.param(_ep("0.0.0.0:51820"), EP, "unspecified", id="endpoint-unspecified-v4"),
+    pytest.param(_ep("[::]:51820"), EP, "unspecified", id="endpoint-unspecified-v6"),
+    pytest.param(_ep("224.0.0.1:51820"), EP, "multicast", id="endpoint-multicast-v4"),
+    pytest.param(_ep("[ff02::1]:51820"), EP, "multicast", id="endpoint-multicast-v6"),
+    pytest.param(_ep("255.255.255.255:51820"), EP, "broadcast", id="endpoint-broadcast"),
+    pytest.param(_ep("[::ffff:192.0.2.1]:51820"), EP, "IPv4-mapped", id="endpoint-v4-mapped"),
+]
+
+
+@pytest.mark.parametrize(("annotations", "key", "fault"), STRICT_FAULTS)
+def test_a_value_the_kernel_refuses_or_no_peer_can_use_is_an_annotation_error(
+    annotations: dict[str, str], key: str, fault: str
+) -> None:
+    with pytest.raises(AnnotationError) as info:
+        decode_peer(spoke(annotations), KEYS)
+    assert (info.value.node, info.value.key) == ("spoke-1", key)
+    assert fault in info.value.reason
+
+
+def test_an_internal_ip_default_that_no_peer_can_use_is_an_annotation_error() -> None:
+    body = spoke({PK: KEY.b64}, addresses=[("InternalIP", "127.0.0.1")])
+    with pytest.raises(AnnotationError, match="loopback"):
+        decode_peer(body, KEYS)
+
+
+def test_a_peer_may_claim_up_to_the_prefix_cap_and_no_more() -> None:
+    many = ",".join(f"10.{i // 256}.{i % 256}.0/24" for i in range(300))
+    assert len(decode_peer(spoke(_aips(many)), KEYS, max_prefixes=300).allowed_ips) == 300
+    with pytest.raises(AnnotationError, match="300 prefixes; at most 299"):
+        decode_peer(spoke(_aips(many)), KEYS, max_prefixes=299)
+
+
+def test_the_default_cap_serves_a_site_with_many_subnets() -> None:
+    site = ",".join(f"10.1.{i}.0/24" for i in range(256))
+    assert len(decode_peer(spoke(_aips(site)), KEYS).allowed_ips) == 256
+    with pytest.raises(AnnotationError, match="257 prefixes; at most 256"):
+        decode_peer(spoke(_aips(site + ",10.2.0.0/24")), KEYS)
+
+
+def test_duplicates_do_not_count_against_the_prefix_cap() -> None:
+    record = decode_peer(spoke(_aips(",".join(["10.0.1.0/24"] * 1000))), KEYS, max_prefixes=1)
+    assert record.allowed_ips == nets("10.0.1.0/24")
+
+
+def test_a_hub_may_announce_a_default_route_to_its_spokes() -> None:
+    # A full tunnel is the hub's choice; only a peer may never claim one.
+    hub = node("hub", {PK: KEY.b64, AIPS: "0.0.0.0/0,::/0", EP: "203.0.113.1:51820"})
+    assert decode_hub(hub, KEYS).allowed_ips == nets("0.0.0.0/0", "::/0")
+
+
+def test_a_hub_endpoint_no_spoke_can_dial_is_an_annotation_error() -> None:
+    hub = node("hub", {PK: KEY.b64, AIPS: "100.96.0.0/24", EP: "[fe80::1%eth0]:51820"})
+    with pytest.raises(AnnotationError, match="zone index"):
+        decode_hub(hub, KEYS)
+
+
 @pytest.mark.parametrize(("annotations", "key", "fault"), PEER_FAULTS)
 def test_a_bad_peer_annotation_is_an_error_naming_node_key_and_fault(
     annotations: dict[str, str], key: str, fault: str

@@ -87,9 +87,8 @@ def hub_state(
 
     Conflicts: the hub's own public key, a public key already taken, or allowed-ips that
     overlap the hub's own addresses or an accepted peer's allowed-ips. A default route
-    (0.0.0.0/0, ::/0) therefore never passes while the hub has an address of that family
-    (a spoke must never capture the hub's traffic); were one accepted, it would still get
-    no kernel route.
+    (0.0.0.0/0, ::/0) never reaches here: the codec refuses it on any peer whatever the
+    hub's addresses (decode_peer); were one given, it would still get no kernel route.
     """
     own_key = device.private_key.public_key()
     claims = _Claims()

@@ -16,12 +16,16 @@ from wgkube.domain.net import (
     Endpoint,
     IPAddress,
     IPNetwork,
+    endpoint_fault,
     format_networks,
     parse_networks,
+    peer_network_fault,
 )
 
 DEFAULT_PREFIX = "wireguard.kube/"
 TRUE = "true"
+DEFAULT_MAX_PEER_PREFIXES = 256
+"""Allowed-ips entries one peer may claim unless the hub is configured otherwise."""
 
 NodeBody = Mapping[str, Any]
 """A Node as the API returns it (JSON decoded); kopf bodies and plain dicts both fit."""
@@ -164,37 +168,61 @@ def _endpoint(node: NodeBody, key: str) -> Endpoint | None:
     if value is None or not value.strip():
         return None
     try:
-        return Endpoint.parse(value)
+        endpoint = Endpoint.parse(value)
     except InvalidInput as exc:
         raise AnnotationError(node_name(node), key, str(exc)) from exc
+    fault = endpoint_fault(endpoint)
+    if fault is not None:
+        raise AnnotationError(node_name(node), key, fault)
+    return endpoint
 
 
-def _networks(node: NodeBody, key: str) -> tuple[IPNetwork, ...] | None:
+def _networks(
+    node: NodeBody, key: str, *, max_items: int | None = None
+) -> tuple[IPNetwork, ...] | None:
     value = node_annotations(node).get(key)
     if value is None or not value.strip():
         return None
     try:
-        return parse_networks(value)
+        return parse_networks(value, max_items=max_items)
     except InvalidInput as exc:
         raise AnnotationError(node_name(node), key, str(exc)) from exc
 
 
-def decode_peer(node: NodeBody, keys: Keys) -> PeerRecord:
+def _peer_networks(node: NodeBody, key: str, max_items: int) -> tuple[IPNetwork, ...] | None:
+    nets = _networks(node, key, max_items=max_items)
+    for net in nets or ():
+        fault = peer_network_fault(net)
+        if fault is not None:
+            raise AnnotationError(node_name(node), key, fault)
+    return nets
+
+
+def decode_peer(
+    node: NodeBody, keys: Keys, *, max_prefixes: int = DEFAULT_MAX_PEER_PREFIXES
+) -> PeerRecord:
     """A spoke's Node -> PeerRecord; raises AnnotationError naming the node and key.
 
     allowed-ips defaults to the Node's InternalIP as a host route, as in the original.
+    As strict as the kernel and stricter where a value makes no sense on a peer: no
+    zone index, no netmask form, no default route, loopback, multicast or IPv4-mapped
+    prefix, at most `max_prefixes` prefixes; an endpoint must be a unicast address.
     """
     name = node_name(node)
     public_key = _key(node, keys.public_key)
     endpoint = _endpoint(node, keys.endpoint)
-    allowed = _networks(node, keys.allowed_ips)
+    allowed = _peer_networks(node, keys.allowed_ips, max_prefixes)
     if allowed is None:
         internal = node_address(node, "InternalIP")
         if internal is None:
             raise AnnotationError(
                 name, keys.allowed_ips, "not set, and the Node has no InternalIP to default to"
             )
-        allowed = (ipaddress.ip_network(internal),)
+        net = ipaddress.ip_network(internal)
+        fault = peer_network_fault(net)
+        if fault is not None:
+            raise AnnotationError(name, keys.allowed_ips, f"not set, and its InternalIP {fault}")
+        allowed = (net,)
     return PeerRecord(
         node=name,
         public_key=public_key,

@@ -87,10 +87,18 @@ def parse_network(text: str) -> IPNetwork:
     Host bits are rejected rather than masked: `10.0.1.7/24` is more likely a typo
     for `10.0.1.7/32` than a wish for `10.0.1.0/24`, and the kernel would silently
     keep something other than what the annotation says.
+
+    No IPv6 zone index (`fe80::1%eth0/128`): an allowed IP has no scope, Python would
+    drop it silently on the way to the kernel, and wireguard-go refuses it. Forms that
+    have one meaning and are written canonically before they reach the kernel (a
+    netmask after the slash, an uncompressed IPv6 address) are taken; leading zeros in
+    an IPv4 octet, which some tools read as octal, are refused by `ipaddress` itself.
     """
     item = text.strip()
     if not item:
         raise InvalidCIDR("empty entry")
+    if "%" in item:
+        raise InvalidCIDR(f"{item!r} has an IPv6 zone index ('%'); allowed IPs carry no scope")
     try:
         return ipaddress.ip_network(item, strict=True)
     except ValueError as exc:
@@ -104,12 +112,19 @@ def parse_network(text: str) -> IPNetwork:
         ) from None
 
 
-def parse_networks(text: str) -> tuple[IPNetwork, ...]:
-    """A comma (or whitespace) separated list of CIDRs, de-duplicated and sorted."""
+def parse_networks(text: str, *, max_items: int | None = None) -> tuple[IPNetwork, ...]:
+    """A comma (or whitespace) separated list of CIDRs, de-duplicated and sorted.
+
+    With `max_items`, more distinct networks than that are an error (counted after
+    de-duplication, so a repeated entry costs nothing).
+    """
     items = [part for chunk in text.split(",") for part in chunk.split()]
     if not items:
         raise InvalidCIDR("the list is empty")
-    return normalize_networks(parse_network(item) for item in items)
+    nets = normalize_networks(parse_network(item) for item in items)
+    if max_items is not None and len(nets) > max_items:
+        raise InvalidCIDR(f"{len(nets)} prefixes; at most {max_items} are allowed on one peer")
+    return nets
 
 
 def normalize_networks(nets: Iterable[IPNetwork]) -> tuple[IPNetwork, ...]:
@@ -130,3 +145,62 @@ def parse_interface(text: str) -> IPInterface:
         return ipaddress.ip_interface(item)
     except ValueError as exc:
         raise InvalidCIDR(f"{item!r} is not an interface address ({exc})") from None
+
+
+_NEVER_ON_A_PEER: tuple[tuple[IPNetwork, str], ...] = tuple(
+    (ipaddress.ip_network(net), what)
+    for net, what in (
+        ("127.0.0.0/8", "loopback"),
+        ("::1/128", "loopback"),
+        ("0.0.0.0/32", "the unspecified address"),
+        ("::/128", "the unspecified address"),
+        ("224.0.0.0/4", "multicast"),
+        ("ff00::/8", "multicast"),
+        ("255.255.255.255/32", "the broadcast address"),
+        ("::ffff:0:0/96", "IPv4-mapped IPv6 (write the IPv4 address itself)"),
+    )
+)
+"""Address space that no packet to or from a WireGuard peer carries.
+
+A route to it through the tunnel would capture the host's own loopback or multicast
+traffic; an IPv4-mapped IPv6 prefix is one that the kernel never matches against an
+IPv4 packet, so it would silently not do what it seems to say.
+"""
+
+
+def peer_network_fault(net: IPNetwork) -> str | None:
+    """Why `net` cannot be one of a peer's allowed IPs, or None when it can.
+
+    A default route (0.0.0.0/0, ::/0) is refused whatever addresses the hub has: one
+    Node must never capture all traffic of a family.
+    """
+    if net.prefixlen == 0:
+        return f"{net} is a default route; a peer may not claim all traffic of a family"
+    for special, what in _NEVER_ON_A_PEER:
+        if net.version == special.version and net.subnet_of(special):  # type: ignore[arg-type]
+            return f"{net} is {what} address space, never routed to a WireGuard peer"
+    return None
+
+
+def endpoint_fault(endpoint: Endpoint) -> str | None:
+    """Why a published endpoint cannot be dialled, or None when it can.
+
+    `Endpoint.parse` reads any IP literal (the kernel reports what it learned, even a
+    loopback source in a test); a value someone publishes for others to dial must be a
+    unicast address that means the same thing on every host.
+    """
+    host = endpoint.host
+    if isinstance(host, IPv6Address):
+        if host.scope_id:
+            return f"{endpoint}: an IPv6 zone index ('%{host.scope_id}') means nothing elsewhere"
+        if host.ipv4_mapped is not None:
+            return f"{endpoint}: IPv4-mapped IPv6; write the IPv4 address {host.ipv4_mapped}"
+    if host.is_unspecified:
+        return f"{endpoint}: the unspecified address cannot be dialled"
+    if host.is_loopback:
+        return f"{endpoint}: a loopback address is this host itself"
+    if host.is_multicast:
+        return f"{endpoint}: a multicast address is not one peer"
+    if host == IPv4Address("255.255.255.255"):
+        return f"{endpoint}: the broadcast address is not one peer"
+    return None

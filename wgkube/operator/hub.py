@@ -118,7 +118,9 @@ class Hub:
         ensure_forwarding(settings)
         configuration = await load_configuration(settings.kubeconfig)
         api = Api.from_configuration(configuration)
-        peers = PeerRegistry(settings.keys, settings.node_name)
+        peers = PeerRegistry(
+            settings.keys, settings.node_name, max_prefixes=settings.max_peer_prefixes
+        )
         loop = HubLoop(
             device=device,
             reconciler=reconciler,

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from wgkube.domain.annotations import (
+    DEFAULT_MAX_PEER_PREFIXES,
     Keys,
     NodeBody,
     PeerRecord,
@@ -42,9 +43,12 @@ def _version(node: NodeBody) -> int | None:
 class PeerRegistry:
     """Node name -> decoded peer (or the reason it cannot be used). Knows nothing of kopf."""
 
-    def __init__(self, keys: Keys, own_node: str) -> None:
+    def __init__(
+        self, keys: Keys, own_node: str, *, max_prefixes: int = DEFAULT_MAX_PEER_PREFIXES
+    ) -> None:
         self._keys = keys
         self._own = own_node
+        self._max_prefixes = max_prefixes
         self._entries: dict[str, Entry] = {}
         self._versions: dict[str, int] = {}
         """Newest resourceVersion taken per Node name (deletions included)."""
@@ -69,7 +73,7 @@ class PeerRegistry:
             return self._set(name, None)
         ref = NodeRef(name, str(node.get("metadata", {}).get("uid") or ""))
         try:
-            entry = Entry(ref, decode_peer(node, self._keys), None)
+            entry = Entry(ref, decode_peer(node, self._keys, max_prefixes=self._max_prefixes), None)
         except AnnotationError as exc:
             entry = Entry(ref, None, str(exc))
         return self._set(name, entry)

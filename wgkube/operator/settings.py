@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from wgkube.domain.annotations import DEFAULT_PREFIX
+from wgkube.domain.annotations import DEFAULT_MAX_PEER_PREFIXES, DEFAULT_PREFIX
 from wgkube.domain.net import (
     DEFAULT_PORT,
     Endpoint,
@@ -87,6 +87,15 @@ class HubSettings(NodeSettings):
         ROUTE_PROTOCOL, ge=5, le=255, json_schema_extra=_env("WG_ROUTE_PROTOCOL")
     )
     """rtnetlink protocol number marking the routes wg-kube owns."""
+
+    max_peer_prefixes: int = Field(
+        DEFAULT_MAX_PEER_PREFIXES, ge=1, le=65536, json_schema_extra=_env("WG_MAX_PEER_PREFIXES")
+    )
+    """Allowed-ips prefixes one Node may claim; a Node with more is rejected (an Event).
+
+    Default 256: a site router announcing every /24 of a /16 fits, while one Node can
+    no longer grow the hub's routing table and WireGuard trie by thousands of entries.
+    """
 
     probe_address: str = Field("0.0.0.0:9798", json_schema_extra=_env("WG_PROBE_ADDRESS"))
     """host:port serving /healthz, /readyz and /metrics; empty disables."""
