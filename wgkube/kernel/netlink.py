@@ -26,7 +26,7 @@ from pyroute2.netlink.generic.wireguard import (
 )
 
 from wgkube.diff.model import ConfigureDevice, ObservedPeer, RemovePeer, UpsertPeer
-from wgkube.domain.errors import DeviceNotFound, KernelError
+from wgkube.domain.errors import DeviceNotFound, KernelError, OperationRejected
 from wgkube.domain.keys import PresharedKey, PrivateKey, PublicKey
 from wgkube.domain.net import Endpoint, IPNetwork
 from wgkube.kernel.base import RtnlBackedKernel, WgDevice, WgOperation
@@ -175,7 +175,11 @@ class NetlinkKernel(RtnlBackedKernel):
             if exc.code == errno.ENODEV:
                 raise DeviceNotFound(f"interface {ifname} does not exist") from exc
             translate(exc, f"configure wireguard device {ifname}")
-        except (ValueError, OSError) as exc:
+        except ValueError as exc:
+            # pyroute2 could not encode a value: that operation, not the device.
+            what = f"configure wireguard device {ifname}"
+            raise OperationRejected(f"{what}: {exc}", answer=str(exc)) from exc
+        except OSError as exc:
             translate(exc, f"configure wireguard device {ifname}")
         self.messages += 1
         self.writes += count

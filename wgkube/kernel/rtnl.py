@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from socket import AF_INET, AF_INET6
@@ -16,17 +17,26 @@ from typing import Any, NoReturn
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from wgkube.domain.errors import DeviceNotFound, KernelError
+from wgkube.domain.errors import DeviceNotFound, KernelError, OperationRejected
 from wgkube.domain.net import IPInterface, IPNetwork
 
 _IGNORED_ON_REMOVE = frozenset({errno.ESRCH, errno.ENOENT, errno.EADDRNOTAVAIL})
 """What the kernel answers when asked to delete a route or an address that is not there."""
 
 
+REJECTED_ERRNOS = frozenset(
+    {errno.EINVAL, errno.ERANGE, errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EMSGSIZE}
+)
+"""Answers about the values of one request, not the device: OperationRejected."""
+
+
 def translate(exc: BaseException, what: str) -> NoReturn:
     """Raise the wg-kube error for a library error; ENODEV means the device is missing."""
     if isinstance(exc, NetlinkError) and exc.code == errno.ENODEV:
         raise DeviceNotFound(f"{what}: no such device") from exc
+    if isinstance(exc, NetlinkError) and exc.code in REJECTED_ERRNOS:
+        answer = f"{os.strerror(exc.code)} (errno {exc.code})"
+        raise OperationRejected(f"{what}: {answer}", answer=answer) from exc
     if isinstance(exc, NetlinkError):
         raise KernelError(f"{what}: {exc.args[1] if len(exc.args) > 1 else exc}") from exc
     raise KernelError(f"{what}: {exc}") from exc

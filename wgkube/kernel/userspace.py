@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import logging
 import os
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wgkube.diff.model import ConfigureDevice, ObservedPeer, RemovePeer, UpsertPeer
-from wgkube.domain.errors import DeviceNotFound, InvalidInput, KernelError
+from wgkube.domain.errors import DeviceNotFound, InvalidInput, KernelError, OperationRejected
 from wgkube.domain.keys import PresharedKey, PrivateKey, PublicKey
 from wgkube.domain.net import Endpoint, IPNetwork
 from wgkube.kernel.base import RtnlBackedKernel, WgDevice, WgOperation
@@ -37,6 +38,10 @@ START_TIMEOUT = 10.0
 UAPI_TIMEOUT = 30.0
 """Seconds one UAPI request may take (5000 peers take about half a second)."""
 _ZERO_HEX = "0" * 64
+_REJECTED_ERRNOS = frozenset({errno.EINVAL, errno.EADDRINUSE})
+"""wireguard-go's answers about the values of a request (a key, an endpoint, an allowed
+IP it cannot take; a listen port in use), not about the device: ipc.IpcErrorInvalid and
+IpcErrorPortInUse. EIO, EPROTO and the rest mean the device or our encoding is broken."""
 
 
 class UserspaceKernel(RtnlBackedKernel):
@@ -148,9 +153,7 @@ class UserspaceKernel(RtnlBackedKernel):
                     key, _, value = raw.decode().rstrip("\n").partition("=")
                     if key == "errno":
                         if value != "0":
-                            raise KernelError(
-                                f"interface {ifname}: {lines[0]} failed with errno={value}"
-                            )
+                            raise _refusal(ifname, lines[0], value)
                         return pairs
                     if key:
                         pairs.append((key, value))
@@ -187,6 +190,16 @@ class UserspaceKernel(RtnlBackedKernel):
     async def _set(self, ifname: str, lines: list[str], count: int) -> None:
         await self._uapi(ifname, ["set=1", *lines])
         self.writes += count
+
+
+def _refusal(ifname: str, request: str, value: str) -> KernelError:
+    """wireguard-go answers `errno=-N`; a refused value becomes OperationRejected."""
+    code = -int(value) if value.lstrip("-").isdigit() else 0
+    answer = f"errno={value} ({os.strerror(code)})" if code > 0 else f"errno={value}"
+    message = f"interface {ifname}: {request} failed with {answer}"
+    if code in _REJECTED_ERRNOS:
+        return OperationRejected(message, answer=answer)
+    return KernelError(message)
 
 
 def _set_lines(op: WgOperation) -> list[str]:

@@ -9,7 +9,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from wgkube.desired.hub import hub_state
+from wgkube.desired.hub import hub_state, seniority
 from wgkube.desired.model import INVALID, DeviceSpec, Rejection
 from wgkube.domain.errors import WgKubeError
 from wgkube.operator.registry import PeerRegistry
@@ -118,8 +118,12 @@ class HubLoop:
         rejections += [
             Rejection(e.ref.name, INVALID, e.error or "") for e in self.registry.invalid()
         ]
-        await self._report(rejections)
-        ops = await self.reconciler.reconcile(desired)
+        try:
+            ops = await self.reconciler.reconcile(desired)
+        finally:
+            # Also after a failed reconcile: the peers it refused before failing are known.
+            rejections += self._refused()
+            await self._report(rejections)
         self._healthy = True
         self.stats.reconciles += 1
         self.stats.operations += len(ops)
@@ -135,6 +139,17 @@ class HubLoop:
                 len(ops),
                 self.stats.last_duration,
             )
+
+    def _refused(self) -> list[Rejection]:
+        """The peers whose data the kernel refused, as rejections of their Nodes."""
+        # Oldest last: of two Nodes with one key, the older holds the peer (seniority).
+        records = sorted(self.registry.records(), key=seniority, reverse=True)
+        nodes = {r.public_key: r.node for r in records}
+        return [
+            Rejection(nodes[key], refusal.reason, refusal.message)
+            for key, refusal in self.reconciler.refused.items()
+            if key in nodes
+        ]
 
     async def _report(self, rejections: list[Rejection]) -> None:
         current = {r.node: r for r in rejections}

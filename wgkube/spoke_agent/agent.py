@@ -241,7 +241,17 @@ class SpokeAgent:
             try:
                 hub = self.hub
                 ops = await self.reconciler.reconcile(self.desired())
-                if hub is not None and hub != self._synced:
+                refusal = self.reconciler.refused.get(hub.public_key) if hub else None
+                if hub is not None and refusal is not None:
+                    # Not an error loop: the reconcile succeeded with the hub's peer held
+                    # as it was; a new announcement lifts the refusal.
+                    self._once(
+                        "hub %s: %s; the tunnel keeps its last good state",
+                        hub.node,
+                        refusal.message,
+                        level=logging.ERROR,
+                    )
+                elif hub is not None and hub != self._synced:
                     self._synced = hub
                     log.info("tunnel to hub %s in place (%d change(s))", hub.node, len(ops))
             except WgKubeError as exc:
