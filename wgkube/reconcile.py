@@ -71,8 +71,29 @@ class Reconciler:
     applied_endpoints: dict[PublicKey, Endpoint | None] = field(default_factory=dict)
     refused: dict[PublicKey, PeerRefusal] = field(default_factory=dict)
     """The quarantine: read by the caller to report each refusal (an Event, a log line)."""
+    _retrying: set[PublicKey] = field(default_factory=set)
+
+    def retry_refused(self) -> None:
+        """Try every quarantined peer once more in the next reconcile (the hub's resync).
+
+        A refusal caused by the host rather than the value (a foreign route since
+        removed, a transient kernel condition) would otherwise last until the Node
+        happens to change. One found again is logged quietly and stays the same
+        PeerRefusal, so the caller reports nothing new; one that fails to be retried
+        (the reconcile failed first) stays quarantined.
+        """
+        self._retrying = set(self.refused)
 
     async def reconcile(self, desired: DesiredState) -> tuple[Operation, ...]:
+        try:
+            ops = await self._reconcile(desired)
+            for key in self._retrying:  # taken by the kernel this time
+                self.refused.pop(key, None)
+            return ops
+        finally:
+            self._retrying = set()
+
+    async def _reconcile(self, desired: DesiredState) -> tuple[Operation, ...]:
         ifname = desired.device.name
         self._forget_changed(desired)
         observed = await self.kernel.observe(ifname)
@@ -85,7 +106,8 @@ class Reconciler:
                 try:
                     await self.kernel.apply(ifname, ops)
                 except OperationRejected as exc:
-                    log.warning(
+                    log.log(
+                        logging.INFO if self._retrying else logging.WARNING,
                         "%s: the kernel refused part of the batch (%s); finding the "
                         "operations at fault and applying the rest",
                         ifname,
@@ -124,7 +146,7 @@ class Reconciler:
         peers = dict(desired.peers)
         routes = set(desired.routes)
         for key, refusal in self.refused.items():
-            if peers.get(key) != refusal.spec:
+            if key in self._retrying or peers.get(key) != refusal.spec:
                 continue
             del peers[key]
             routes -= set(refusal.spec.allowed_ips)
@@ -184,14 +206,18 @@ class Reconciler:
             reason, message = KERNEL_REJECTED, f"the kernel refused {_line(op)}: {_answer(exc)}"
         if len(message) > MESSAGE_LIMIT:
             message = message[: MESSAGE_LIMIT - 1] + "…"
-        log.warning(
+        refusal = PeerRefusal(spec.public_key, spec, reason, message)
+        again = spec.public_key in self._retrying and self.refused.get(spec.public_key) == refusal
+        self._retrying.discard(spec.public_key)
+        log.log(
+            logging.DEBUG if again else logging.WARNING,
             "%s: peer %s quarantined until its data changes (%s): %s",
             ifname,
             spec.public_key.short(),
             reason,
             message,
         )
-        self.refused[spec.public_key] = PeerRefusal(spec.public_key, spec, reason, message)
+        self.refused[spec.public_key] = refusal
 
     async def _bisect(
         self, ifname: str, units: Sequence[_Unit], *, known_bad: bool

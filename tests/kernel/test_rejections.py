@@ -86,3 +86,24 @@ async def test_the_reconciler_applies_every_peer_but_the_one_wireguard_go_refuse
     assert "fe80::1%eth0/128" in refusal.message
     assert "errno=-22" in refusal.message
     assert await reconciler.reconcile(desired) == ()
+
+
+@pytest.mark.parametrize(
+    "harness", [pytest.param("userspace", marks=pytest.mark.userspace)], indirect=True
+)
+async def test_with_keep_refused_a_half_applied_refusal_is_put_back_as_it_was(
+    harness: Harness,
+) -> None:
+    # wireguard-go applies a `set` line by line: the refused request has already replaced
+    # the allowed IPs when it reaches the zoned one. The reconciler puts the peer back.
+    kernel = harness.adapter()
+    reconciler = Reconciler(kernel, keep_refused=True)
+    good = state(harness, peer(A, "10.0.2.0/24"), routes=("10.0.2.0/24",))
+    await reconciler.reconcile(good)
+    before = await kernel.observe(harness.ifname)
+    bad = PeerSpec(A, None, (ipaddress.ip_network("10.0.1.0/24"), ZONED))
+    await reconciler.reconcile(state(harness, bad, routes=("10.0.1.0/24",)))
+    assert A in reconciler.refused
+    after = await kernel.observe(harness.ifname)
+    assert after.peers[A].allowed_ips == before.peers[A].allowed_ips
+    assert after.routes == before.routes

@@ -73,3 +73,13 @@ async def test_fixing_the_refused_value_brings_the_peer_in() -> None:
     assert set(observed.peers) == {pub(2)}
     assert loop.reconciler.refused == {}
     assert len(reported) == 1
+
+
+async def test_a_resync_retries_a_refusal_and_says_nothing_new_when_it_is_refused_again() -> None:
+    loop, reported, registry = make_loop(Fault("peer", net("10.66.0.0/16")))
+    registry.observe(peer_node("refused", 2, "10.66.0.0/24"))
+    await loop.reconcile_once()
+    loop.reconciler.retry_refused()  # what a periodic resync does
+    await loop.reconcile_once()
+    assert [r.node for r in reported] == ["refused"]
+    assert set(loop.reconciler.refused) == {pub(2)}

@@ -159,3 +159,38 @@ async def test_a_device_failure_is_raised_and_logged_and_the_next_reconcile_fini
     k.faults.clear()  # the device is back
     await reconciler.reconcile(state(*GOOD))
     assert plan(state(*GOOD), await k.observe("wg0")) == ()
+
+
+async def test_a_retry_takes_a_peer_in_once_the_cause_of_its_refusal_is_gone() -> None:
+    k = kernel(Fault("route", net("10.0.3.0/24"), error="conflict"))
+    reconciler = Reconciler(k)
+    await reconciler.reconcile(state(*GOOD))
+    assert GOOD[2].public_key in reconciler.refused
+    k.faults.clear()  # the foreign route was deleted
+    assert await reconciler.reconcile(state(*GOOD)) == ()  # no retry without being asked
+    reconciler.retry_refused()
+    await reconciler.reconcile(state(*GOOD))
+    assert reconciler.refused == {}
+    assert plan(state(*GOOD), await k.observe("wg0")) == ()
+
+
+async def test_a_retry_refused_again_keeps_the_same_refusal() -> None:
+    k = kernel()
+    reconciler = Reconciler(k)
+    await reconciler.reconcile(state(*GOOD, BAD))
+    first = reconciler.refused[BAD.public_key]
+    reconciler.retry_refused()
+    await reconciler.reconcile(state(*GOOD, BAD))
+    assert reconciler.refused == {BAD.public_key: first}
+    assert await peer_keys(k) == {p.public_key for p in GOOD}
+
+
+async def test_a_retry_cut_short_by_a_device_failure_keeps_the_quarantine() -> None:
+    k = kernel()
+    reconciler = Reconciler(k)
+    await reconciler.reconcile(state(*GOOD, BAD))
+    k.faults.insert(0, Fault("peer", net("10.66.0.0/16"), error="device"))
+    reconciler.retry_refused()
+    with pytest.raises(KernelError):
+        await reconciler.reconcile(state(*GOOD, BAD))
+    assert set(reconciler.refused) == {BAD.public_key}

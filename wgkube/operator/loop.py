@@ -81,6 +81,8 @@ class HubLoop:
                     await self.relist()
                 except WgKubeError as exc:
                     log.warning("resync: cannot list Nodes (%s); keeping the current peers", exc)
+                # What the kernel refused is tried once more: the cause may have gone.
+                self.reconciler.retry_refused()
             try:
                 await self.reconcile_once()
             except WgKubeError as exc:
@@ -129,7 +131,7 @@ class HubLoop:
         self.stats.operations += len(ops)
         self.stats.last_success = time.time()
         self.stats.last_duration = time.monotonic() - started
-        self.stats.peers = len(desired.peers or {})
+        self.stats.peers = len(desired.peers or {}) - len(self.reconciler.refused)
         self.stats.rejected = len(rejections)
         if ops or self.stats.reconciles == 1:
             log.info(
