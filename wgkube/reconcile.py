@@ -178,7 +178,7 @@ class Reconciler:
             ops = plan(effective, observed, applied_endpoints=self.applied_endpoints)
             if not ops:
                 break
-            refused = await self._bisect(ifname, _units(ops, effective), known_bad=False)
+            refused = await self._bisect(ifname, _units(ops, effective))
             if not refused:
                 break
             unattributed = []
@@ -220,7 +220,7 @@ class Reconciler:
         self.refused[spec.public_key] = refusal
 
     async def _bisect(
-        self, ifname: str, units: Sequence[_Unit], *, known_bad: bool
+        self, ifname: str, units: Sequence[_Unit]
     ) -> list[tuple[_Unit, Operation, OperationRejected]]:
         """The units the kernel refuses, each with its first refused operation.
 
@@ -229,13 +229,12 @@ class Reconciler:
         """
         if not units:
             return []
-        if not known_bad:
-            try:
-                await self.kernel.apply(ifname, [op for unit in units for op in unit.ops])
-                return []
-            except OperationRejected as exc:
-                if len(units) == 1 and len(units[0].ops) == 1:
-                    return [(units[0], units[0].ops[0], exc)]
+        try:
+            await self.kernel.apply(ifname, [op for unit in units for op in unit.ops])
+            return []
+        except OperationRejected as exc:
+            if len(units) == 1 and len(units[0].ops) == 1:
+                return [(units[0], units[0].ops[0], exc)]
         if len(units) == 1:
             # Which of its operations: applied one by one up to the first refused.
             for op in units[0].ops:
@@ -245,8 +244,8 @@ class Reconciler:
                     return [(units[0], op, exc)]
             return []  # refused as a whole, taken piece by piece: nothing at fault now
         mid = len(units) // 2
-        left = await self._bisect(ifname, units[:mid], known_bad=False)
-        right = await self._bisect(ifname, units[mid:], known_bad=False)
+        left = await self._bisect(ifname, units[:mid])
+        right = await self._bisect(ifname, units[mid:])
         return left + right
 
 
