@@ -16,15 +16,10 @@ from wgkube.domain.keys import PrivateKey
 from wgkube.domain.net import Endpoint
 from wgkube.reconcile import KERNEL_REJECTED, Reconciler
 
-REAL = [
-    pytest.param("userspace", marks=pytest.mark.userspace, id="userspace"),
-    pytest.param("kernel", marks=pytest.mark.kernel, id="kernel"),
-]
 ZONED = ipaddress.ip_network("fe80::1%eth0/128")
 """Python keeps the zone; wireguard-go refuses it (errno=-22)."""
 
 
-@pytest.mark.parametrize("harness", REAL, indirect=True)
 @pytest.mark.parametrize("mtu", [10, 1_000_000])
 async def test_an_mtu_the_link_refuses_is_an_operation_rejected_and_the_device_stays(
     harness: Harness, mtu: int

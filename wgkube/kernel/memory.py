@@ -31,11 +31,12 @@ from wgkube.diff.model import (
     SetUp,
     UpsertPeer,
 )
-from wgkube.domain.errors import DeviceNotFound
+from wgkube.domain.errors import DeviceNotFound, OperationRejected
 from wgkube.domain.keys import PresharedKey, PrivateKey, PublicKey
 from wgkube.domain.net import Endpoint, IPNetwork
 
 DEFAULT_MTU = 1420
+MIN_MTU, MAX_MTU = 68, 65535
 
 
 @dataclass
@@ -175,6 +176,9 @@ class MemoryKernel:
             raise DeviceNotFound(f"interface {ifname} does not exist")
         match op:
             case SetMtu(mtu):
+                if not MIN_MTU <= mtu <= MAX_MTU:  # as a TUN or wireguard link answers
+                    answer = "Invalid argument (errno 22)"
+                    raise OperationRejected(f"set mtu {mtu}: {answer}", answer=answer)
                 dev.mtu = mtu
             case SetUp():
                 dev.up = True
