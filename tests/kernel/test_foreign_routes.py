@@ -12,8 +12,10 @@ import pytest
 
 from tests.kernel.conftest import Harness
 from tests.kernel.test_contract import A, B, converge, peer, state
+from wgkube.desired.protected import host_protected
 from wgkube.diff.model import AddRoute, RemoveRoute
 from wgkube.domain.errors import RouteConflict
+from wgkube.kernel.base import RtnlBackedKernel
 from wgkube.kernel.memory import MemoryKernel
 from wgkube.kernel.port import Kernel
 
@@ -111,3 +113,28 @@ async def test_our_routes_beside_foreign_ones_come_and_go_while_the_foreign_ones
     await converge(kernel, state(harness, peer(A, *nearby), peer(B, "10.2.0.0/24")))
     assert (await kernel.observe(harness.ifname)).routes == frozenset()
     assert foreign(harness, kernel) == before
+
+
+async def test_the_host_view_names_addresses_gateways_and_networks_but_not_the_device(
+    harness: Harness,
+) -> None:
+    if not harness.real:
+        pytest.skip("the memory kernel has no host; the hub reads none for it")
+    kernel, _ = await prepared(harness)
+    assert isinstance(kernel, RtnlBackedKernel)
+    assert harness.ns is not None
+    harness.ns.ip("route", "add", "default", "via", "198.51.100.1", "dev", "eth0")
+    await kernel.apply(harness.ifname, [AddRoute(net("10.3.0.0/24"))])
+    addresses, routes = await kernel.rtnl.host()
+    protected = host_protected(addresses, routes, wireguard=harness.ifname, own_protocol=87)
+    whats = {p.what for p in protected}
+    assert {
+        "the node's own address 198.51.100.7 (dev eth0)",
+        "the default gateway 198.51.100.1 (dev eth0)",
+        "the directly connected network 198.51.100.0/24 (dev eth0)",
+        f"the directly connected network {STATIC4} (dev eth0)",
+    } <= whats
+    covered = {p.network for p in protected}
+    # The device's own addresses and connected routes, and routes of ours, are no hazard.
+    assert not covered & {net("100.96.0.1/32"), net("100.96.0.0/24"), net("10.2.0.0/24")}
+    assert not covered & {net("10.3.0.0/24"), net(OTHER_DEVICE)}

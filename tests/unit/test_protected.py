@@ -104,7 +104,12 @@ def rejection_of(
         (("10.0.0.1/32",), "allowed-ips 10.0.0.1/32 covers the API server address 10.0.0.1"),
         (
             ("192.168.10.0/24",),
-            "allowed-ips 192.168.10.0/24 covers the default gateway 192.168.10.1 (dev eth0)",
+            "allowed-ips 192.168.10.0/24 covers the directly connected network "
+            "192.168.10.0/24 (dev eth0)",
+        ),
+        (
+            ("192.168.10.0/30",),
+            "allowed-ips 192.168.10.0/30 covers the default gateway 192.168.10.1 (dev eth0)",
         ),
         (
             ("192.168.10.128/28",),
@@ -113,7 +118,8 @@ def rejection_of(
         ),
         (
             ("192.168.0.0/16",),
-            "allowed-ips 192.168.0.0/16 covers the default gateway 192.168.10.1 (dev eth0)",
+            "allowed-ips 192.168.0.0/16 covers the directly connected network "
+            "192.168.10.0/24 (dev eth0)",
         ),
         (
             ("192.168.10.5/32",),
@@ -202,6 +208,9 @@ def test_without_a_protected_set_only_published_endpoints_are_guarded() -> None:
         ("9.255.255.255/32", None),
         ("10.0.0.0/8", "a"),
         ("172.16.5.0/24", "n"),
+        ("172.16.0.0/16", "n"),
+        ("0.0.0.0/1", "a"),
+        ("128.0.0.0/1", "n"),
         ("172.0.0.0/8", "n"),
         ("172.17.0.0/16", None),
         ("2001:db8::1/128", "a6"),

@@ -115,7 +115,11 @@ class ProtectedIndex:
                 self._nets.append(p)
 
     def covered(self, net: IPNetwork) -> Protected | None:
-        """The first protected address inside `net`, else a protected network it overlaps."""
+        """What `net` would capture, the most telling first: a whole protected network,
+        else the first protected address inside it, else a network it lies in."""
+        whole = [p for p in self._nets if _within(p.network, net)]
+        if whole:
+            return whole[0]
         keys = self._keys[net.version]
         i = bisect.bisect_left(keys, int(net.network_address))
         if i < len(keys) and keys[i] <= int(net.broadcast_address):
@@ -123,17 +127,19 @@ class ProtectedIndex:
         return next((p for p in self._nets if p.network.overlaps(net)), None)
 
 
+def _within(inner: IPNetwork, outer: IPNetwork) -> bool:
+    return inner.version == outer.version and inner.subnet_of(outer)  # type: ignore[arg-type]
+
+
 def describe(net: IPNetwork, protected: Protected) -> str:
-    verb = "covers" if protected.is_address else "overlaps"
+    """ "allowed-ips 10.0.0.0/8 covers the API server address 10.0.0.1"."""
+    verb = "covers" if _within(protected.network, net) else "overlaps"
     return f"allowed-ips {net} {verb} {protected.what}"
 
 
 def outside_pool(nets: Sequence[IPNetwork], pool: Sequence[IPNetwork]) -> IPNetwork | None:
     """The first prefix that lies in no network of `pool` (--peer-cidrs), else None."""
     for net in nets:
-        if not any(
-            net.version == p.version and net.subnet_of(p)  # type: ignore[arg-type]
-            for p in pool
-        ):
+        if not any(_within(net, p) for p in pool):
             return net
     return None
