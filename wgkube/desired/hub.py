@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 
 from wgkube.desired.model import CONFLICT, DesiredState, DeviceSpec, PeerSpec, Rejection
+from wgkube.desired.protected import Protected, ProtectedIndex, describe, outside_pool
 from wgkube.domain.annotations import PeerRecord
 from wgkube.domain.keys import PublicKey
-from wgkube.domain.net import IPNetwork, normalize_networks
+from wgkube.domain.net import Endpoint, IPNetwork, format_networks, normalize_networks
 
 _EPOCH = datetime.min.replace(tzinfo=UTC)
 
@@ -82,6 +83,9 @@ def hub_state(
     records: Iterable[PeerRecord],
     *,
     persistent_keepalive: int = 0,
+    protected: Iterable[Protected] = (),
+    learned_endpoints: Mapping[PublicKey, Endpoint] | None = None,
+    peer_cidrs: tuple[IPNetwork, ...] | None = None,
 ) -> tuple[DesiredState, list[Rejection]]:
     """Accept peers oldest first; a peer that conflicts with an accepted one is rejected whole.
 
@@ -89,8 +93,27 @@ def hub_state(
     overlap the hub's own addresses or an accepted peer's allowed-ips. A default route
     (0.0.0.0/0, ::/0) never reaches here: the codec refuses it on any peer whatever the
     hub's addresses (decode_peer); were one given, it would still get no kernel route.
+
+    Route safety, whatever the peer's age: allowed-ips must lie inside `peer_cidrs`
+    (--peer-cidrs) when it is given, and must not cover anything `protected` (the API
+    server, the host's addresses, gateways and connected networks) nor any peer's
+    endpoint, published or `learned_endpoints` (what WireGuard learned): a route into the
+    tunnel for it would carry the hub's own underlay traffic into the tunnel.
     """
     own_key = device.private_key.public_key()
+    records = list(records)
+    names = {r.public_key: r.node for r in records}
+    endpoints = [
+        Protected.address(r.endpoint.host, f"the endpoint {r.endpoint.host} of node {r.node!r}")
+        for r in records
+        if r.endpoint is not None
+    ]
+    for key, endpoint in (learned_endpoints or {}).items():
+        who = f"node {names[key]!r}" if key in names else f"peer {key.short()}"
+        endpoints.append(
+            Protected.address(endpoint.host, f"the endpoint {endpoint.host} learned from {who}")
+        )
+    guarded = ProtectedIndex([*protected, *endpoints])
     claims = _Claims()
     for address in device.addresses:
         claims.grant(ipaddress.ip_network(address.ip), HUB_OWNER)
@@ -115,6 +138,19 @@ def hub_state(
             )
             continue
         mine = _collapsed(record.allowed_ips)
+        if peer_cidrs is not None and (stray := outside_pool(mine, peer_cidrs)) is not None:
+            rejections.append(
+                Rejection(
+                    record.node,
+                    CONFLICT,
+                    f"allowed-ips {stray} is outside --peer-cidrs {format_networks(peer_cidrs)}",
+                )
+            )
+            continue
+        hazard = next(((n, p) for n in mine if (p := guarded.covered(n)) is not None), None)
+        if hazard is not None:
+            rejections.append(Rejection(record.node, CONFLICT, describe(*hazard)))
+            continue
         clash = next(((n, o) for n in mine if (o := claims.owners_of(n))), None)
         if clash is not None:
             net, owners = clash

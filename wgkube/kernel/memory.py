@@ -31,7 +31,7 @@ from wgkube.diff.model import (
     SetUp,
     UpsertPeer,
 )
-from wgkube.domain.errors import DeviceNotFound, OperationRejected
+from wgkube.domain.errors import DeviceNotFound, OperationRejected, RouteConflict
 from wgkube.domain.keys import PresharedKey, PrivateKey, PublicKey
 from wgkube.domain.net import Endpoint, IPNetwork
 
@@ -61,6 +61,8 @@ class MemoryKernel:
         self._pending_writes = 0
         self._path = state_path
         self._devices: dict[str, _Device] = {}
+        self._foreign: dict[str, str] = {}
+        """Routes somebody else owns (destination -> owner), as `add_foreign_route` made."""
         self._load()
 
     # -- persistence -------------------------------------------------------------------
@@ -81,6 +83,7 @@ class MemoryKernel:
             )
             for name, d in data.get("devices", {}).items()
         }
+        self._foreign = data.get("foreign_routes", {})
 
     def _save(self) -> None:
         if self._path is None:
@@ -103,6 +106,7 @@ class MemoryKernel:
                 }
                 for name, d in self._devices.items()
             },
+            "foreign_routes": self._foreign,
         }
         fd, tmp = tempfile.mkstemp(dir=self._path.parent, prefix=".memkernel-")
         with os.fdopen(fd, "w") as fh:
@@ -165,6 +169,17 @@ class MemoryKernel:
         self._pending_writes = 0
         self._save()
 
+    def add_foreign_route(self, net: IPNetwork, owner: str = "proto static dev eth0") -> None:
+        """A route made by someone else (the kernel, DHCP, a person), outside any device."""
+        self._load()
+        self._foreign[str(net)] = owner
+        self._pending_writes = 0
+        self._save()
+
+    def foreign_routes(self) -> dict[str, str]:
+        self._load()
+        return dict(self._foreign)
+
     # -- semantics -------------------------------------------------------------------------
     def _apply_one(self, ifname: str, op: Operation) -> None:
         if isinstance(op, CreateLink):
@@ -198,6 +213,11 @@ class MemoryKernel:
             case RemovePeer(key):
                 dev.peers.pop(key.b64, None)
             case AddRoute(net):
+                # Like the real adapters' exclusive add: another owner's route stays.
+                if (owner := self._foreign.get(str(net))) is not None:
+                    raise RouteConflict(
+                        f"route {net} already exists and is not wg-kube's: {owner}; left as it is"
+                    )
                 dev.routes.add(str(net))
             case RemoveRoute(net):
                 dev.routes.discard(str(net))

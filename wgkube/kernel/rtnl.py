@@ -17,8 +17,9 @@ from typing import Any, NoReturn
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from wgkube.domain.errors import DeviceNotFound, KernelError, OperationRejected
-from wgkube.domain.net import IPInterface, IPNetwork
+from wgkube.desired.protected import HostAddress, HostRoute
+from wgkube.domain.errors import DeviceNotFound, KernelError, OperationRejected, RouteConflict
+from wgkube.domain.net import IPAddress, IPInterface, IPNetwork
 
 _IGNORED_ON_REMOVE = frozenset({errno.ESRCH, errno.ENOENT, errno.EADDRNOTAVAIL})
 """What the kernel answers when asked to delete a route or an address that is not there."""
@@ -28,6 +29,31 @@ REJECTED_ERRNOS = frozenset(
     {errno.EINVAL, errno.ERANGE, errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EMSGSIZE}
 )
 """Answers about the values of one request, not the device: OperationRejected."""
+
+PROTOCOL_NAMES = {
+    0: "unspec",
+    1: "redirect",
+    2: "kernel",
+    3: "boot",
+    4: "static",
+    8: "gated",
+    9: "ra",
+    11: "zebra",
+    12: "bird",
+    16: "dhcp",
+    18: "keepalived",
+    42: "babel",
+    186: "bgp",
+    187: "isis",
+    188: "ospf",
+    189: "rip",
+}
+"""iproute2's names (/etc/iproute2/rt_protos), so a conflict reads as `ip route` shows it."""
+
+LOCAL_TABLE = 255
+RTN_UNICAST = 1
+IPV6_DEFAULT_METRIC = 1024
+"""What the kernel gives an IPv6 route added without a metric; IPv4 gets 0."""
 
 
 def translate(exc: BaseException, what: str) -> NoReturn:
@@ -196,21 +222,75 @@ class Rtnl:
                         continue
                     if (msg.get_attr("RTA_TABLE") or msg["table"]) != table:
                         continue
-                    dst = msg.get_attr("RTA_DST") or ("0.0.0.0" if family == AF_INET else "::")
-                    found.add(ipaddress.ip_network(f"{dst}/{msg['dst_len']}"))
+                    found.add(_route_network(msg, family))
             except NetlinkError as exc:
                 translate(exc, f"list routes of #{index}")
         return frozenset(found)
 
     async def add_route(self, index: int, net: IPNetwork, *, table: int, protocol: int) -> None:
+        """Create the route, never replace one: a route with the same key (destination,
+        table, metric) that is ours (`protocol`, through `index`) is adopted; any other
+        (a connected route, DHCP's, a person's) is a RouteConflict and stays as it is."""
         ipr = await self._conn()
         try:
-            # replace: idempotent, and adopts a route to the same prefix made before a restart.
-            await ipr.route("replace", dst=str(net), oif=index, table=table, proto=protocol)
+            # "add" sends NLM_F_CREATE|NLM_F_EXCL: the kernel answers EEXIST instead of
+            # overwriting what holds that key. ("replace" once took over the kernel's own
+            # connected route of a subnet the hub advertised, and the underlay went.)
+            await ipr.route("add", dst=str(net), oif=index, table=table, proto=protocol)
+            return
         except NetlinkError as exc:
-            translate(exc, f"add route {net}")
+            if exc.code != errno.EEXIST:
+                translate(exc, f"add route {net}")
+            answer = f"{exc.args[1] if len(exc.args) > 1 else exc} (errno {exc.code})"
+        holders = await self._same_key(net, table=table)
+        if any(proto == protocol and oif == index for proto, oif, _ in holders):
+            return  # ours, from before a restart or a race: adopted as it is
+        owner = "; ".join([await self._describe(*h) for h in holders]) or "an unknown owner"
+        raise RouteConflict(
+            f"route {net} (table {table}) already exists and is not wg-kube's: {owner}; "
+            "left as it is",
+            answer=answer,
+        )
+
+    async def _same_key(self, net: IPNetwork, *, table: int) -> list[tuple[int, int, Any]]:
+        """(protocol, oif, gateway) of the routes to exactly `net` in `table` at the metric
+        a route of ours gets: the ones an exclusive add collides with."""
+        ipr = await self._conn()
+        family = AF_INET if net.version == 4 else AF_INET6
+        metric = 0 if net.version == 4 else IPV6_DEFAULT_METRIC
+        found: list[tuple[int, int, Any]] = []
+        try:
+            async for msg in _aiter(await ipr.route("dump", family=family, table=table)):
+                if (msg.get_attr("RTA_TABLE") or msg["table"]) != table:
+                    continue
+                if _route_network(msg, family) != net:
+                    continue
+                if (msg.get_attr("RTA_PRIORITY") or 0) != metric:
+                    continue
+                found.append(
+                    (int(msg["proto"]), msg.get_attr("RTA_OIF") or 0, msg.get_attr("RTA_GATEWAY"))
+                )
+        except NetlinkError as exc:
+            translate(exc, f"read the routes to {net}")
+        return found
+
+    async def _describe(self, protocol: int, oif: int, gateway: Any) -> str:
+        proto = PROTOCOL_NAMES.get(protocol, str(protocol))
+        via = f" via {gateway}" if gateway else ""
+        device = f" dev {await self._ifname(oif)}" if oif else ""
+        return f"proto {proto}{via}{device}"
+
+    async def _ifname(self, index: int) -> str:
+        ipr = await self._conn()
+        try:
+            (msg,) = await ipr.link("get", index=index)
+            return str(msg.get_attr("IFLA_IFNAME"))
+        except NetlinkError:
+            return f"#{index}"
 
     async def remove_route(self, index: int, net: IPNetwork, *, table: int, protocol: int) -> None:
+        # Protocol and oif are part of the match (IPv4 and IPv6 alike): the kernel deletes
+        # only our route, never another owner's route to the same destination.
         ipr = await self._conn()
         try:
             await ipr.route("del", dst=str(net), oif=index, table=table, proto=protocol)
@@ -218,6 +298,52 @@ class Rtnl:
             if exc.code in _IGNORED_ON_REMOVE:
                 return
             translate(exc, f"remove route {net}")
+
+    # -- the host, for the set of things no peer may capture ----------------------------
+    async def host(self) -> tuple[list[HostAddress], list[HostRoute]]:
+        """Every address and every unicast route outside the local table, as read."""
+        ipr = await self._conn()
+        names: dict[int, str] = {}
+        addresses: list[HostAddress] = []
+        routes: list[HostRoute] = []
+        try:
+            async for msg in _aiter(await ipr.link("dump")):
+                names[int(msg["index"])] = str(msg.get_attr("IFLA_IFNAME"))
+            async for msg in _aiter(await ipr.addr("dump")):
+                addr = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+                if addr is None:
+                    continue
+                interface = ipaddress.ip_interface(f"{addr}/{msg['prefixlen']}")
+                addresses.append(HostAddress(interface, names.get(msg["index"], "?")))
+            for family in (AF_INET, AF_INET6):
+                async for msg in _aiter(await ipr.route("dump", family=family)):
+                    if msg["type"] != RTN_UNICAST:
+                        continue
+                    if (msg.get_attr("RTA_TABLE") or msg["table"]) == LOCAL_TABLE:
+                        continue
+                    hops = [(msg.get_attr("RTA_OIF"), msg.get_attr("RTA_GATEWAY"))]
+                    for hop in msg.get_attr("RTA_MULTIPATH") or ():
+                        hops.append((hop["oif"], hop.get_attr("RTA_GATEWAY")))
+                    gateways: tuple[IPAddress, ...] = tuple(
+                        ipaddress.ip_address(gw) for _, gw in hops if gw
+                    )
+                    oif = next((o for o, _ in hops if o), 0)
+                    routes.append(
+                        HostRoute(
+                            network=_route_network(msg, family),
+                            device=names.get(oif, "?"),
+                            protocol=int(msg["proto"]),
+                            gateways=gateways,
+                        )
+                    )
+        except NetlinkError as exc:
+            translate(exc, "read the host's addresses and routes")
+        return addresses, routes
+
+
+def _route_network(msg: Any, family: int) -> IPNetwork:
+    dst = msg.get_attr("RTA_DST") or ("0.0.0.0" if family == AF_INET else "::")
+    return ipaddress.ip_network(f"{dst}/{msg['dst_len']}")
 
 
 async def _aiter(result: Any) -> AsyncIterator[Any]:

@@ -66,6 +66,11 @@ class Api:
     def from_configuration(cls, configuration: client.Configuration) -> Api:
         return cls(client.ApiClient(configuration))
 
+    @property
+    def host(self) -> str:
+        """The API server's URL, as configured."""
+        return str(self._client.configuration.host)
+
     async def close(self) -> None:
         await self._client.close()
 

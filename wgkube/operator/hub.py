@@ -13,6 +13,7 @@ from typing import Any
 from kubernetes_asyncio import client
 
 from wgkube.desired.model import DesiredState, DeviceSpec, Rejection
+from wgkube.desired.protected import api_server_protected, host_protected
 from wgkube.domain.annotations import (
     NodeBody,
     node_address,
@@ -22,8 +23,10 @@ from wgkube.domain.annotations import (
 )
 from wgkube.domain.keys import PrivateKey, load_private_key
 from wgkube.kernel import Kernel, open_kernel
+from wgkube.kernel.base import RtnlBackedKernel
+from wgkube.kube.address import api_server_addresses
 from wgkube.kube.client import Api, KubeApiError, load_configuration
-from wgkube.operator.loop import HubLoop
+from wgkube.operator.loop import Guard, HubLoop
 from wgkube.operator.registry import PeerRegistry
 from wgkube.operator.settings import HubSettings
 from wgkube.reconcile import Reconciler
@@ -87,6 +90,21 @@ async def post_rejection(
     )
 
 
+async def read_guard(settings: HubSettings, kernel: Kernel, api_url: str) -> Guard:
+    """What no spoke may capture: the API server, this host's addresses, gateways and
+    connected networks (real kernels only: the memory kernel has no host), and the
+    endpoints WireGuard learned. Read at start and at every resync: a few dumps."""
+    protected = api_server_protected(await api_server_addresses(api_url))
+    if isinstance(kernel, RtnlBackedKernel):
+        addresses, routes = await kernel.rtnl.host()
+        protected += host_protected(
+            addresses, routes, wireguard=settings.interface, own_protocol=settings.route_protocol
+        )
+    observed = await kernel.observe(settings.interface)
+    learned = {k: p.endpoint for k, p in observed.peers.items() if p.endpoint is not None}
+    return protected, learned
+
+
 async def relist_peers(api: Api, peers: PeerRegistry) -> None:
     """An authoritative list: at start (the registry is complete only then) and on every
     resync (it catches deletions a broken watch missed). Watch events that land while it
@@ -130,6 +148,8 @@ class Hub:
             debounce=settings.debounce,
             resync_interval=settings.resync_interval,
             persistent_keepalive=settings.persistent_keepalive,
+            guard=functools.partial(read_guard, settings, kernel, str(configuration.host)),
+            peer_cidrs=settings.peer_cidrs,
         )
         return cls(settings, key, kernel, configuration, api, peers, loop)
 

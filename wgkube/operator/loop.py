@@ -11,7 +11,10 @@ from dataclasses import dataclass, field
 
 from wgkube.desired.hub import hub_state, seniority
 from wgkube.desired.model import INVALID, DeviceSpec, Rejection
+from wgkube.desired.protected import Protected
 from wgkube.domain.errors import WgKubeError
+from wgkube.domain.keys import PublicKey
+from wgkube.domain.net import Endpoint, IPNetwork
 from wgkube.operator.registry import PeerRegistry
 from wgkube.reconcile import Reconciler
 
@@ -19,6 +22,9 @@ log = logging.getLogger("wgkube.hub")
 
 Reporter = Callable[[Rejection], Awaitable[None]]
 Relister = Callable[[], Awaitable[None]]
+Guard = tuple[tuple[Protected, ...], dict[PublicKey, Endpoint]]
+"""What no allowed-ips may cover, and the endpoints WireGuard has learned."""
+Guarder = Callable[[], Awaitable[Guard]]
 
 
 @dataclass
@@ -48,6 +54,10 @@ class HubLoop:
     debounce: float = 0.2
     resync_interval: float = 60.0
     persistent_keepalive: int = 0
+    guard: Guarder | None = None
+    """Reads the protected set; called before the first reconcile and at every resync."""
+    peer_cidrs: tuple[IPNetwork, ...] | None = None
+    guarded: Guard = field(default_factory=lambda: ((), {}))
     listed: asyncio.Event = field(default_factory=asyncio.Event)
     stats: LoopStats = field(default_factory=LoopStats)
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
@@ -83,6 +93,7 @@ class HubLoop:
                     log.warning("resync: cannot list Nodes (%s); keeping the current peers", exc)
                 # What the kernel refused is tried once more: the cause may have gone.
                 self.reconciler.retry_refused()
+                await self._guard()
             try:
                 await self.reconcile_once()
             except WgKubeError as exc:
@@ -109,13 +120,27 @@ class HubLoop:
                 log.warning("cannot list Nodes yet (%s); the kernel stays as it is", exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
+        await self._guard()
         self.listed.set()
         self.wake()
+
+    async def _guard(self) -> None:
+        if self.guard is None:
+            return
+        try:
+            self.guarded = await self.guard()
+        except WgKubeError as exc:
+            log.warning("cannot read the addresses to protect (%s); keeping the last set", exc)
 
     async def reconcile_once(self) -> None:
         started = time.monotonic()
         desired, rejections = hub_state(
-            self.device, self.registry.records(), persistent_keepalive=self.persistent_keepalive
+            self.device,
+            self.registry.records(),
+            persistent_keepalive=self.persistent_keepalive,
+            protected=self.guarded[0],
+            learned_endpoints=self.guarded[1],
+            peer_cidrs=self.peer_cidrs,
         )
         rejections += [
             Rejection(e.ref.name, INVALID, e.error or "") for e in self.registry.invalid()

@@ -44,6 +44,10 @@ class HubSettings(NodeSettings):
     )
     """CIDRs the hub advertises to spokes, published as an annotation (default: --address)."""
 
+    peer_cidrs: tuple[IPNetwork, ...] | None = Field(None, json_schema_extra=_env("WG_PEER_CIDRS"))
+    """The pool every spoke's allowed-ips must lie in (a peer outside: PeerConflict); default:
+    no pool, only the conflict and route-safety checks."""
+
     node_name: str = Field(..., min_length=1, json_schema_extra=_env("NODE_NAME"))
     """This hub's Kubernetes Node name."""
 

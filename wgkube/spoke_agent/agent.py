@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from wgkube.desired.model import DesiredState, DeviceSpec
-from wgkube.desired.spoke import spoke_state
+from wgkube.desired.spoke import spoke_state, unsafe_routes
 from wgkube.domain.annotations import (
     HubRecord,
     NodeBody,
@@ -23,6 +23,8 @@ from wgkube.domain.annotations import (
 )
 from wgkube.domain.errors import AnnotationError, WgKubeError
 from wgkube.domain.keys import PrivateKey
+from wgkube.domain.net import IPAddress
+from wgkube.kube.address import api_server_addresses
 from wgkube.kube.client import Api, KubeApiError
 from wgkube.kube.watch import follow_nodes
 from wgkube.reconcile import Reconciler
@@ -61,6 +63,8 @@ class SpokeAgent:
     reconciler: Reconciler
     hub: HubRecord | None = None
     """The last good hub configuration; kept when the hub's annotations go bad."""
+    api_server: tuple[IPAddress, ...] = ()
+    """The API server's addresses: no route from the hub may carry them into the tunnel."""
     _synced: HubRecord | None = None
     _hubs: dict[str, dict[str, Any]] = field(default_factory=dict)
     _said: set[str] = field(default_factory=set)
@@ -72,11 +76,16 @@ class SpokeAgent:
         return device_spec(self.settings, self.key)
 
     def desired(self) -> DesiredState:
+        allowed = self.settings.hub_allowed_ips
+        unsafe = unsafe_routes(self.hub, hub_allowed_ips=allowed, api_server=self.api_server)
+        for why in unsafe.values():
+            self._once("%s", why)
         return spoke_state(
             self.device,
             self.hub,
-            hub_allowed_ips=self.settings.hub_allowed_ips,
+            hub_allowed_ips=allowed,
             persistent_keepalive=self.settings.persistent_keepalive,
+            api_server=self.api_server,
         )
 
     def _once(self, message: str, *args: object, level: int = logging.WARNING) -> None:
@@ -184,6 +193,7 @@ class SpokeAgent:
 
     # -- loops --------------------------------------------------------------------------
     async def run(self) -> None:
+        self.api_server = await api_server_addresses(self.api.host)
         tasks = [
             asyncio.create_task(
                 follow_nodes(

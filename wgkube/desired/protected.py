@@ -1,0 +1,145 @@
+"""Addresses and networks that no allowed-ips may cover: the node's own way to the world.
+
+A route into the tunnel for a prefix that holds the API server, a peer's endpoint, the
+node's gateway or one of its networks would carry the node's own underlay traffic into
+WireGuard: the tunnel's packets would loop into the tunnel and the node would cut itself
+off. These pure functions build that set from what the adapters read and answer, for a
+prefix, what it would capture.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from wgkube.domain.net import IPAddress, IPInterface, IPNetwork
+
+
+@dataclass(frozen=True, slots=True)
+class Protected:
+    """One address (a /32 or /128) or network, and what it is, said for a message."""
+
+    network: IPNetwork
+    what: str
+    """A noun phrase: "the API server address 10.0.0.1"."""
+
+    @classmethod
+    def address(cls, address: IPAddress, what: str) -> Protected:
+        return cls(ipaddress.ip_network(address), what)
+
+    @property
+    def is_address(self) -> bool:
+        return self.network.prefixlen == self.network.max_prefixlen
+
+
+@dataclass(frozen=True, slots=True)
+class HostAddress:
+    """An address on one of the node's interfaces, as the kernel reports it."""
+
+    interface: IPInterface
+    device: str
+
+
+@dataclass(frozen=True, slots=True)
+class HostRoute:
+    """A route in the node's routing tables (the local table excluded), as read."""
+
+    network: IPNetwork
+    device: str
+    protocol: int
+    gateways: tuple[IPAddress, ...] = ()
+
+
+def host_protected(
+    addresses: Iterable[HostAddress],
+    routes: Iterable[HostRoute],
+    *,
+    wireguard: str,
+    own_protocol: int,
+) -> tuple[Protected, ...]:
+    """The node's own addresses, its gateways and its directly connected networks.
+
+    The WireGuard interface is left out (its addresses are claimed separately, and a
+    connected route of its own address is the tunnel itself), and so are the routes
+    wg-kube made (`own_protocol`): they are the peers' prefixes, not the host's.
+    A connected default route (a point-to-point uplink) is no network to protect: it
+    would cover everything; its gateway-less uplink is protected by its address.
+    """
+    out: list[Protected] = []
+    for a in addresses:
+        if a.device != wireguard:
+            ip = a.interface.ip
+            out.append(Protected.address(ip, f"the node's own address {ip} (dev {a.device})"))
+    for r in routes:
+        if r.device == wireguard or r.protocol == own_protocol:
+            continue
+        for gw in r.gateways:
+            what = (
+                f"the default gateway {gw}"
+                if r.network.prefixlen == 0
+                else f"the gateway {gw} of the route {r.network}"
+            )
+            out.append(Protected.address(gw, f"{what} (dev {r.device})"))
+        if not r.gateways and r.network.prefixlen > 0:
+            out.append(
+                Protected(r.network, f"the directly connected network {r.network} (dev {r.device})")
+            )
+    return tuple(dict.fromkeys(out))
+
+
+def api_server_protected(addresses: Iterable[IPAddress]) -> tuple[Protected, ...]:
+    return tuple(Protected.address(a, f"the API server address {a}") for a in addresses)
+
+
+class ProtectedIndex:
+    """Answers "what protected thing does this prefix cover?" in O(log n) for addresses.
+
+    Addresses (one per peer endpoint: thousands) sit in sorted lists per IP version;
+    networks (a node has a handful) are scanned.
+    """
+
+    def __init__(self, protected: Iterable[Protected]) -> None:
+        items = sorted(
+            set(protected), key=lambda p: (p.network.version, int(p.network.network_address))
+        )
+        self._keys: dict[int, list[int]] = {4: [], 6: []}
+        self._hosts: dict[int, list[Protected]] = {4: [], 6: []}
+        self._nets: list[Protected] = []
+        for p in items:
+            if p.is_address:
+                self._keys[p.network.version].append(int(p.network.network_address))
+                self._hosts[p.network.version].append(p)
+            else:
+                self._nets.append(p)
+
+    def covered(self, net: IPNetwork) -> Protected | None:
+        """What `net` would capture, the most telling first: a whole protected network,
+        else the first protected address inside it, else a network it lies in."""
+        whole = [p for p in self._nets if _within(p.network, net)]
+        if whole:
+            return whole[0]
+        keys = self._keys[net.version]
+        i = bisect.bisect_left(keys, int(net.network_address))
+        if i < len(keys) and keys[i] <= int(net.broadcast_address):
+            return self._hosts[net.version][i]
+        return next((p for p in self._nets if p.network.overlaps(net)), None)
+
+
+def _within(inner: IPNetwork, outer: IPNetwork) -> bool:
+    return inner.version == outer.version and inner.subnet_of(outer)  # type: ignore[arg-type]
+
+
+def describe(net: IPNetwork, protected: Protected) -> str:
+    """ "allowed-ips 10.0.0.0/8 covers the API server address 10.0.0.1"."""
+    verb = "covers" if _within(protected.network, net) else "overlaps"
+    return f"allowed-ips {net} {verb} {protected.what}"
+
+
+def outside_pool(nets: Sequence[IPNetwork], pool: Sequence[IPNetwork]) -> IPNetwork | None:
+    """The first prefix that lies in no network of `pool` (--peer-cidrs), else None."""
+    for net in nets:
+        if not any(_within(net, p) for p in pool):
+            return net
+    return None
