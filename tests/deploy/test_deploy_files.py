@@ -15,7 +15,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from wgkube.testing.controlplane import kubectl_binary
+from tests.support.controlplane import require_control_plane
+from wgkube.testing.controlplane import ControlPlane, kubectl_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = sorted((ROOT / "manifests").glob("*.yaml"))
@@ -27,7 +28,7 @@ def documents(path: Path) -> list[dict[str, Any]]:
 
 
 def daemonset() -> dict[str, Any]:
-    return documents(ROOT / "manifests" / "daemonset.yaml")[0]
+    return documents(ROOT / "manifests" / "20-daemonset.yaml")[0]
 
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
@@ -36,11 +37,14 @@ def test_every_manifest_validates_strictly_against_the_kubernetes_schema(path: P
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
 
 
-def test_the_original_file_names_exist_and_the_kustomization_lists_them_all() -> None:
-    assert {p.name for p in MANIFESTS} == {"namespace.yaml", "rbac.yaml", "daemonset.yaml"}
+def test_the_namespace_sorts_first_and_the_kustomization_lists_every_file() -> None:
+    # `kubectl apply -f manifests/` applies files in name order, one by one.
+    names = [p.name for p in MANIFESTS]
+    assert names == ["00-namespace.yaml", "10-rbac.yaml", "20-daemonset.yaml", "30-admission.yaml"]
+    assert [d["kind"] for d in documents(MANIFESTS[0])] == ["Namespace"]
     kustomization = yaml.safe_load((ROOT / "manifests" / "Kustomization").read_text())
     assert kustomization["kind"] == "Kustomization"
-    assert set(kustomization["resources"]) == {p.name for p in MANIFESTS}
+    assert kustomization["resources"] == names
     image = daemonset()["spec"]["template"]["spec"]["containers"][0]["image"]
     assert image.split(":")[0] == kustomization["images"][0]["name"]
 
@@ -169,14 +173,20 @@ def test_cloud_init_installs_the_same_unit_and_sets_node_ip_to_the_wireguard_add
     assert files["/etc/modules-load.d/wireguard.conf"].strip() == "wireguard"
 
 
-def test_the_manifests_pass_a_server_side_dry_run_on_a_real_apiserver(
-    request: pytest.FixtureRequest,
-) -> None:
-    plane = request.getfixturevalue("real_api_server")
-    namespace = plane.kubectl("apply", "-f", str(ROOT / "manifests" / "namespace.yaml"))
-    assert namespace.returncode == 0, namespace.stderr
-    dry = plane.kubectl("apply", "--dry-run=server", "-f", str(ROOT / "manifests"))
-    assert dry.returncode == 0, dry.stderr
-    for kind in ("serviceaccount", "clusterrole", "clusterrolebinding", "role", "rolebinding"):
-        assert kind in dry.stdout, dry.stdout
-    assert "daemonset.apps/wg-kube" in dry.stdout
+@pytest.mark.parametrize("how", ["-f", "-k"])
+def test_the_manifests_apply_in_one_command_on_a_fresh_real_apiserver(how: str) -> None:
+    require_control_plane()
+    with ControlPlane() as plane:
+        applied = plane.kubectl("apply", how, str(ROOT / "manifests"))
+        assert applied.returncode == 0, applied.stderr
+        for made in (
+            "namespace/wg-kube created",
+            "serviceaccount/wg-kube created",
+            "role.rbac.authorization.k8s.io/wg-kube-hub-readers created",
+            "daemonset.apps/wg-kube created",
+            "validatingadmissionpolicy.admissionregistration.k8s.io/wg-kube-hub-label created",
+            "validatingadmissionpolicybinding.admissionregistration.k8s.io/wg-kube-hub-label",
+        ):
+            assert made in applied.stdout, applied.stdout
+        again = plane.kubectl("apply", how, str(ROOT / "manifests"))
+        assert again.returncode == 0, again.stderr

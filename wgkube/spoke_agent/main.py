@@ -121,7 +121,13 @@ async def serve(settings: SpokeSettings, key: PrivateKey) -> None:
         loop.add_signal_handler(sig, stop.set)
     kernel = await open_kernel(settings.backend, route_protocol=settings.route_protocol)
     api = await Api.connect(settings.kubeconfig)
-    agent = SpokeAgent(settings=settings, key=key, api=api, reconciler=Reconciler(kernel))
+    agent = SpokeAgent(
+        settings=settings,
+        key=key,
+        api=api,
+        reconciler=Reconciler(kernel),
+        status=lambda text: notify(f"STATUS={text}"),  # `systemctl status` shows it
+    )
     task = asyncio.create_task(agent.run())
     stopper = asyncio.create_task(stop.wait())
     try:
