@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -15,7 +16,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from wgkube.testing.controlplane import kubectl_binary
+from tests.support.controlplane import require_control_plane
+from wgkube.testing.controlplane import ControlPlane, kubectl_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = sorted((ROOT / "manifests").glob("*.yaml"))
@@ -27,7 +29,7 @@ def documents(path: Path) -> list[dict[str, Any]]:
 
 
 def daemonset() -> dict[str, Any]:
-    return documents(ROOT / "manifests" / "daemonset.yaml")[0]
+    return documents(ROOT / "manifests" / "20-daemonset.yaml")[0]
 
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
@@ -36,11 +38,14 @@ def test_every_manifest_validates_strictly_against_the_kubernetes_schema(path: P
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
 
 
-def test_the_original_file_names_exist_and_the_kustomization_lists_them_all() -> None:
-    assert {p.name for p in MANIFESTS} == {"namespace.yaml", "rbac.yaml", "daemonset.yaml"}
+def test_the_namespace_sorts_first_and_the_kustomization_lists_every_file() -> None:
+    # `kubectl apply -f manifests/` applies files in name order, one by one.
+    names = [p.name for p in MANIFESTS]
+    assert names == ["00-namespace.yaml", "10-rbac.yaml", "20-daemonset.yaml", "30-admission.yaml"]
+    assert [d["kind"] for d in documents(MANIFESTS[0])] == ["Namespace"]
     kustomization = yaml.safe_load((ROOT / "manifests" / "Kustomization").read_text())
     assert kustomization["kind"] == "Kustomization"
-    assert set(kustomization["resources"]) == {p.name for p in MANIFESTS}
+    assert kustomization["resources"] == names
     image = daemonset()["spec"]["template"]["spec"]["containers"][0]["image"]
     assert image.split(":")[0] == kustomization["images"][0]["name"]
 
@@ -151,32 +156,141 @@ def test_systemd_accepts_the_spoke_unit(tmp_path: Path) -> None:
     assert not problems, problems
 
 
-def test_cloud_init_installs_the_same_unit_and_sets_node_ip_to_the_wireguard_address() -> None:
-    text = (ROOT / "deploy" / "cloud-init" / "spoke.yaml").read_text()
+CLOUD_INIT = ROOT / "deploy" / "cloud-init" / "spoke.yaml"
+
+
+def cloud_init_files() -> dict[str, str]:
+    config = yaml.safe_load(CLOUD_INIT.read_text())
+    return {f["path"]: f["content"] for f in config["write_files"]}
+
+
+def test_cloud_init_installs_the_same_unit_and_sets_node_ip_where_kubeadm_reads_it() -> None:
+    text = CLOUD_INIT.read_text()
     assert text.startswith("#cloud-config\n")
     config = yaml.safe_load(text)
-    files = {f["path"]: f["content"] for f in config["write_files"]}
+    files = cloud_init_files()
     assert files["/etc/systemd/system/wg-kube-spoke.service"] == UNIT.read_text()
     env = dict(
         line.split("=", 1) for line in files["/etc/default/wg-kube-spoke"].split() if "=" in line
     )
     address = env["WG_ADDRESS"].split("/")[0]
-    dropin = files["/etc/systemd/system/kubelet.service.d/20-wg-kube-node-ip.conf"]
-    assert f"--node-ip={address}" in dropin
+    dropin = files["/etc/systemd/system/kubelet.service.d/20-wg-kube.conf"]
     assert "After=wg-kube-spoke.service" in dropin
-    commands = " ".join(str(c) for c in config["runcmd"])
-    assert commands.index("enable --now wg-kube-spoke") < commands.index("restart kubelet")
+    # kubeadm's unit loads /etc/default/kubelet after drop-ins' Environment=: none here.
+    assert "KUBELET_EXTRA_ARGS" not in dropin
+    commands = [str(c) for c in config["runcmd"]]
+    assert f"/usr/local/sbin/wg-kube-kubelet-node-ip {address}" in commands
+    joined = " ".join(commands)
+    assert joined.index("wg-kube-install") < joined.index("enable --now wg-kube-spoke")
+    assert joined.index("enable --now wg-kube-spoke") < joined.index("restart kubelet")
+    assert "pip install wg-kube" not in text  # no such package on an index: a named artifact
     assert files["/etc/modules-load.d/wireguard.conf"].strip() == "wireguard"
 
 
-def test_the_manifests_pass_a_server_side_dry_run_on_a_real_apiserver(
-    request: pytest.FixtureRequest,
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        (None, 'KUBELET_EXTRA_ARGS="--node-ip=100.96.0.2"'),
+        ("", 'KUBELET_EXTRA_ARGS="--node-ip=100.96.0.2"'),
+        ("KUBELET_EXTRA_ARGS=", 'KUBELET_EXTRA_ARGS="--node-ip=100.96.0.2"'),
+        ("KUBELET_EXTRA_ARGS=--node-ip=10.0.0.5", 'KUBELET_EXTRA_ARGS="--node-ip=100.96.0.2"'),
+        (
+            'KUBELET_EXTRA_ARGS="--v=2 --node-ip=10.0.0.5 --max-pods=50"',
+            'KUBELET_EXTRA_ARGS="--v=2 --max-pods=50 --node-ip=100.96.0.2"',
+        ),
+        (
+            'OTHER=1\nKUBELET_EXTRA_ARGS="--v=2"',
+            'OTHER=1\nKUBELET_EXTRA_ARGS="--v=2 --node-ip=100.96.0.2"',
+        ),
+    ],
+)
+def test_node_ip_is_merged_into_etc_default_kubelet(
+    tmp_path: Path, before: str | None, after: str
 ) -> None:
-    plane = request.getfixturevalue("real_api_server")
-    namespace = plane.kubectl("apply", "-f", str(ROOT / "manifests" / "namespace.yaml"))
-    assert namespace.returncode == 0, namespace.stderr
-    dry = plane.kubectl("apply", "--dry-run=server", "-f", str(ROOT / "manifests"))
-    assert dry.returncode == 0, dry.stderr
-    for kind in ("serviceaccount", "clusterrole", "clusterrolebinding", "role", "rolebinding"):
-        assert kind in dry.stdout, dry.stdout
-    assert "daemonset.apps/wg-kube" in dry.stdout
+    script = tmp_path / "node-ip"
+    script.write_text(cloud_init_files()["/usr/local/sbin/wg-kube-kubelet-node-ip"])
+    defaults = tmp_path / "kubelet"
+    if before is not None:
+        defaults.write_text(before + "\n" if before else "")
+    env = {"PATH": "/usr/bin:/bin", "KUBELET_DEFAULTS": str(defaults)}
+    for _ in range(2):  # a second boot changes nothing
+        subprocess.run(["sh", str(script), "100.96.0.2"], env=env, check=True)
+        assert defaults.read_text() == after + "\n"
+
+
+def run_install(tmp_path: Path, artifact: str, sha256: str) -> subprocess.CompletedProcess[str]:
+    """The install script with `python3` replaced by a recorder (no index is needed)."""
+    script = tmp_path / "install"
+    script.write_text(cloud_init_files()["/usr/local/sbin/wg-kube-install"])
+    settings = tmp_path / "install.env"
+    settings.write_text(f"WG_KUBE_ARTIFACT={artifact}\nWG_KUBE_SHA256={sha256}\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    recorder = bin_dir / "python3"
+    recorder.write_text(
+        '#!/bin/sh\nmkdir -p "$3/bin"\n'
+        'printf \'#!/bin/sh\\necho "$@" > %s/pip-args\\n\' "$(dirname "$0")" > "$3/bin/pip"\n'
+        'chmod +x "$3/bin/pip"\n'
+    )
+    recorder.chmod(0o755)
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "WG_KUBE_INSTALL_ENV": str(settings),
+        "WG_KUBE_PREFIX": str(tmp_path / "venv"),
+        "WG_KUBE_LINK": str(tmp_path / "wg-kube"),
+    }
+    return subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True)
+
+
+def test_the_install_script_installs_the_named_wheel_only_when_its_checksum_matches(
+    tmp_path: Path,
+) -> None:
+    wheel = tmp_path / "wg_kube-0.1.0-py3-none-any.whl"
+    wheel.write_bytes(b"a wheel")
+    digest = hashlib.sha256(b"a wheel").hexdigest()
+    wrong = run_install(tmp_path, str(wheel), "0" * 64)
+    assert wrong.returncode == 1
+    assert "SHA-256 mismatch" in wrong.stderr
+    assert not (tmp_path / "venv").exists()
+    right = run_install(tmp_path, str(wheel), digest)
+    assert right.returncode == 0, right.stderr
+    assert (tmp_path / "bin" / "pip-args").read_text().split() == [
+        "install",
+        "--upgrade",
+        str(wheel),
+    ]
+    assert (tmp_path / "wg-kube").is_symlink()
+
+
+def test_the_install_script_takes_a_git_ref_and_refuses_a_checksum_for_it(tmp_path: Path) -> None:
+    ref = "git+https://example.invalid/wg-kube@0123abc"
+    assert run_install(tmp_path, ref, "").returncode == 0
+    assert (tmp_path / "bin" / "pip-args").read_text().split() == ["install", "--upgrade", ref]
+    refused = run_install(tmp_path, ref, "0" * 64)
+    assert refused.returncode == 1
+    assert "pin a commit" in refused.stderr
+
+
+def test_the_install_script_says_what_to_set_when_no_artifact_is_named(tmp_path: Path) -> None:
+    result = run_install(tmp_path, "", "")
+    assert result.returncode != 0
+    assert "WG_KUBE_ARTIFACT" in result.stderr
+
+
+@pytest.mark.parametrize("how", ["-f", "-k"])
+def test_the_manifests_apply_in_one_command_on_a_fresh_real_apiserver(how: str) -> None:
+    require_control_plane()
+    with ControlPlane() as plane:
+        applied = plane.kubectl("apply", how, str(ROOT / "manifests"))
+        assert applied.returncode == 0, applied.stderr
+        for made in (
+            "namespace/wg-kube created",
+            "serviceaccount/wg-kube created",
+            "role.rbac.authorization.k8s.io/wg-kube-hub-readers created",
+            "daemonset.apps/wg-kube created",
+            "validatingadmissionpolicy.admissionregistration.k8s.io/wg-kube-hub-label created",
+            "validatingadmissionpolicybinding.admissionregistration.k8s.io/wg-kube-hub-label",
+        ):
+            assert made in applied.stdout, applied.stdout
+        again = plane.kubectl("apply", how, str(ROOT / "manifests"))
+        assert again.returncode == 0, again.stderr

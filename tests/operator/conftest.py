@@ -15,6 +15,7 @@ import pytest
 
 from tests.support.api import BOTH, emulator_and_real
 from tests.support.procs import MemoryDevice, Process, base_env
+from wgkube.domain.announcement import NAME, NAMESPACE
 from wgkube.domain.keys import PrivateKey
 from wgkube.testing.apiserver import ApiServer, wait_for
 
@@ -153,11 +154,21 @@ def api_server(request: pytest.FixtureRequest) -> Iterator[ApiServer]:
     yield from emulator_and_real(request)
 
 
+def ensure_namespace(api: ApiServer, name: str = NAMESPACE) -> None:
+    """The hub's namespace (manifests/00-namespace.yaml), where it publishes its announcement."""
+    if api.get("namespaces", name) is None:
+        api.create(
+            "namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+        )
+
+
 @pytest.fixture
 def hub(api_server: ApiServer, tmp_path: Path) -> Iterator[HubHarness]:
     api_server.create_node(HUB, addresses={"InternalIP": "10.0.0.1", "ExternalIP": "203.0.113.1"})
+    ensure_namespace(api_server)
     harness = HubHarness(api_server, tmp_path, MemoryDevice(tmp_path / "kernel.json"))
     try:
         yield harness
     finally:
         harness.stop_all()
+        api_server.delete("configmaps", NAME, namespace=NAMESPACE)

@@ -1,4 +1,4 @@
-"""manifests/rbac.yaml is least privilege, proven from every request the operator makes."""
+"""manifests/10-rbac.yaml is least privilege, proven from every request the operator makes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from tests.operator.conftest import PREFIX, HubHarness, new_key
-from wgkube.testing.apiserver import EmulatorControls, RequestRecord
+from wgkube.domain.announcement import DATA_KEY, NAME, NAMESPACE, decode
+from wgkube.testing.apiserver import EmulatorControls, RequestRecord, wait_for
 from wgkube.testing.controlplane import ControlPlane
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,8 +21,8 @@ Grant = tuple[str, str, str, str]
 
 
 def granted() -> set[Grant]:
-    """What rbac.yaml gives the ServiceAccount, through each binding that names it."""
-    docs = [d for d in yaml.safe_load_all((ROOT / "manifests" / "rbac.yaml").read_text()) if d]
+    """What 10-rbac.yaml gives the ServiceAccount, through each binding that names it."""
+    docs = [d for d in yaml.safe_load_all((ROOT / "manifests" / "10-rbac.yaml").read_text()) if d]
     roles = {(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]): d for d in docs}
     out: set[Grant] = set()
     for binding in docs:
@@ -59,11 +60,30 @@ def allows(grants: set[Grant], record: RequestRecord) -> Grant | None:
     return None
 
 
+def announced_keys(hub: HubHarness) -> list[str] | None:
+    config_map = hub.api.get("configmaps", NAME, namespace=NAMESPACE)
+    if config_map is None:
+        return None
+    try:
+        return [h.public_key.b64 for h in decode(config_map.get("data"))]
+    except ValueError:
+        return None
+
+
+def tamper_with_the_announcement(hub: HubHarness) -> None:
+    """Someone overwrites, then deletes the announcement: the hub re-asserts it each time."""
+    own = wait_for(lambda: announced_keys(hub), message="the hub's announcement")
+    hub.api.patch("configmaps", NAME, {"data": {DATA_KEY: "{}"}}, namespace=NAMESPACE)
+    wait_for(lambda: announced_keys(hub) == own, message="the announcement re-asserted")
+    hub.api.delete("configmaps", NAME, namespace=NAMESPACE)
+    wait_for(lambda: announced_keys(hub) == own, message="the announcement re-created")
+
+
 def test_every_request_of_a_full_scenario_is_granted_and_every_grant_is_used(
     hub: HubHarness, emulator: EmulatorControls, tmp_path: Path
 ) -> None:
     grants = granted()
-    assert grants, "rbac.yaml grants the ServiceAccount nothing"
+    assert grants, "10-rbac.yaml grants the ServiceAccount nothing"
     kubeconfig = hub.api.kubeconfig_for(SERVICE_ACCOUNT)
 
     good, other = new_key(), new_key()
@@ -82,14 +102,15 @@ def test_every_request_of_a_full_scenario_is_granted_and_every_grant_is_used(
     hub.wait_reconciles(2)  # at least one resync list
     emulator.drop_watches()  # and a watch restart
     hub.wait_reconciles(2)
+    tamper_with_the_announcement(hub)
 
     mine = [r for r in emulator.requests if r.user == SERVICE_ACCOUNT]
     resource_requests = [r for r in mine if r.is_resource_request]
     assert resource_requests, "the operator made no requests under its own identity"
     refused = [(r.verb, r.path) for r in resource_requests if allows(grants, r) is None]
-    assert not refused, f"requests rbac.yaml does not allow: {refused}"
+    assert not refused, f"requests 10-rbac.yaml does not allow: {refused}"
     used = {allows(grants, r) for r in resource_requests}
-    assert grants <= used, f"rbac.yaml grants what is never used: {sorted(grants - used)}"
+    assert grants <= used, f"10-rbac.yaml grants what is never used: {sorted(grants - used)}"
     # Writes to Nodes only ever touch the hub's own Node.
     node_writes = [r for r in resource_requests if r.resource == "nodes" and r.verb == "patch"]
     assert {r.name for r in node_writes} == {"hub-1"}
@@ -98,13 +119,13 @@ def test_every_request_of_a_full_scenario_is_granted_and_every_grant_is_used(
     ]
 
 
-def test_on_a_real_apiserver_the_hub_needs_nothing_beyond_rbac_yaml(
+def test_on_a_real_apiserver_the_hub_needs_nothing_beyond_the_rbac_manifest(
     hub: HubHarness, request: pytest.FixtureRequest
 ) -> None:
     if hub.api.controls is not None:
         pytest.skip("RBAC is enforced only by the real kube-apiserver")
     plane: ControlPlane = request.getfixturevalue("real_api_server")
-    for manifest in ("namespace.yaml", "rbac.yaml"):
+    for manifest in ("00-namespace.yaml", "10-rbac.yaml"):
         applied = plane.kubectl("apply", "-f", str(ROOT / "manifests" / manifest))
         assert applied.returncode == 0, applied.stderr
     kubeconfig = plane.kubeconfig_for(SERVICE_ACCOUNT)
@@ -123,7 +144,8 @@ def test_on_a_real_apiserver_the_hub_needs_nothing_beyond_rbac_yaml(
     hub.api.delete_node("other")
     hub.wait_peers({good})
     hub.wait_reconciles(2)
+    tamper_with_the_announcement(hub)
     annotations = (hub.api.get("nodes", "hub-1") or {})["metadata"]["annotations"]
-    assert annotations[PREFIX + "public-key"]
+    assert announced_keys(hub) == [annotations[PREFIX + "public-key"]]
     assert "403" not in proc.log
     assert "forbidden" not in proc.log.lower()

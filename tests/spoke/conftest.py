@@ -9,9 +9,13 @@ from typing import Any
 
 import pytest
 
+from tests.operator.conftest import ensure_namespace
 from tests.support.api import BOTH, emulator_and_real
 from tests.support.procs import MemoryDevice, Process, base_env
-from wgkube.domain.keys import PrivateKey
+from wgkube.domain import announcement
+from wgkube.domain.annotations import HubRecord
+from wgkube.domain.keys import PrivateKey, PublicKey
+from wgkube.domain.net import Endpoint, parse_networks
 from wgkube.testing.apiserver import ApiServer, wait_for
 
 PREFIX = "wireguard.kube/"
@@ -24,6 +28,8 @@ class SpokeHarness:
     tmp: Path
     device: MemoryDevice
     processes: list[Process] = field(default_factory=list)
+    hubs: dict[str, HubRecord] = field(default_factory=dict)
+    """What the announcement ConfigMap says, by hub Node name."""
 
     @property
     def key_file(self) -> Path:
@@ -71,7 +77,37 @@ class SpokeHarness:
         if endpoint:
             annotations[PREFIX + "endpoint"] = endpoint
         self.api.create_node(name, labels={PREFIX + "hub": "true"}, annotations=annotations)
+        self.hubs[name] = HubRecord(
+            node=name,
+            public_key=PublicKey.parse(key),
+            endpoint=Endpoint.parse(endpoint) if endpoint else None,
+            allowed_ips=parse_networks(allowed),
+        )
+        self.write_announcement()
         return key
+
+    def update_hub(self, name: str, *, key: str | None = None, endpoint: str | None = None) -> None:
+        """The hub changed its key or endpoint: on its Node and in the announcement."""
+        annotations = {PREFIX + "public-key": key, PREFIX + "endpoint": endpoint}
+        patch = {k: v for k, v in annotations.items() if v is not None}
+        self.api.patch_node(name, {"metadata": {"annotations": patch}})
+        changes: dict[str, object] = {}
+        if key is not None:
+            changes["public_key"] = PublicKey.parse(key)
+        if endpoint is not None:
+            changes["endpoint"] = Endpoint.parse(endpoint)
+        self.hubs[name] = self.hubs[name].model_copy(update=changes)
+        self.write_announcement()
+
+    def write_announcement(self, data: dict[str, str] | None = None) -> None:
+        """As the hub publishes it (the admin writes it here, standing in for the hub)."""
+        data = announcement.encode(self.hubs.values()) if data is None else data
+        ns, name = announcement.NAMESPACE, announcement.NAME
+        if self.api.get("configmaps", name, namespace=ns) is None:
+            body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}}
+            self.api.create("configmaps", {**body, "data": data}, namespace=ns)
+        else:
+            self.api.patch("configmaps", name, {"data": data}, namespace=ns)
 
     def wait_hub_peer(self, key: str, timeout: float = 15.0) -> dict[str, Any]:
         peer: dict[str, Any] = wait_for(
@@ -91,8 +127,10 @@ def api_server(request: pytest.FixtureRequest) -> Iterator[ApiServer]:
 @pytest.fixture
 def spoke(api_server: ApiServer, tmp_path: Path) -> Iterator[SpokeHarness]:
     api_server.create_node(NODE, addresses={"InternalIP": "10.0.0.2"})
+    ensure_namespace(api_server)
     harness = SpokeHarness(api_server, tmp_path, MemoryDevice(tmp_path / "kernel.json"))
     try:
         yield harness
     finally:
         harness.stop_all()
+        api_server.delete("configmaps", announcement.NAME, namespace=announcement.NAMESPACE)

@@ -66,6 +66,7 @@ class TestRegistration:
         hub_key = spoke.create_hub()
         first = spoke.start()
         spoke.wait_hub_peer(hub_key)
+        wait_for(lambda: registered(spoke), message="registration")
         key = spoke.key_file.read_text()
         assert first.stop() == 0
         assert spoke.device.device() is not None  # a graceful stop leaves the tunnel
@@ -104,17 +105,13 @@ class TestHub:
         hub_key = spoke.create_hub()
         proc = spoke.start()
         spoke.wait_hub_peer(hub_key)
-        spoke.api.patch_node(
-            "hub-1", {"metadata": {"annotations": {PREFIX + "endpoint": "203.0.113.9:51821"}}}
-        )
+        spoke.update_hub("hub-1", endpoint="203.0.113.9:51821")
         wait_for(
             lambda: spoke.device.peers()[hub_key]["endpoint"] == "203.0.113.9:51821",
             message="endpoint followed",
         )
         new_key = PrivateKey.generate().public_key().b64
-        spoke.api.patch_node(
-            "hub-1", {"metadata": {"annotations": {PREFIX + "public-key": new_key}}}
-        )
+        spoke.update_hub("hub-1", key=new_key)
         peer = spoke.wait_hub_peer(new_key)
         assert peer["endpoint"] == "203.0.113.9:51821"
         assert proc.log.count("create link") == 1
@@ -127,19 +124,61 @@ class TestHub:
         assert peer["allowed_ips"] == ["10.0.0.0/8", "100.96.0.0/16"]
         assert spoke.device.routes() == {"10.0.0.0/8", "100.96.0.0/16"}
 
-    def test_of_two_hubs_the_older_is_chosen_with_a_warning(self, spoke: SpokeHarness) -> None:
+    def test_of_two_labelled_hub_nodes_the_older_is_chosen_with_a_warning(
+        self, spoke: SpokeHarness
+    ) -> None:
         older = spoke.create_hub("hub-b")
         time.sleep(1.1)  # creationTimestamp has one-second resolution
         spoke.create_hub("hub-a", endpoint="203.0.113.2:51820")
-        proc = spoke.start()
+        proc = spoke.start(HUB_DISCOVERY="node")
         spoke.wait_hub_peer(older)
         proc.wait_log("2 Nodes are labelled as hubs (hub-a, hub-b); using hub-b")
+
+    def test_of_two_announced_hubs_the_first_by_name_is_chosen_with_a_warning(
+        self, spoke: SpokeHarness
+    ) -> None:
+        spoke.create_hub("hub-b")
+        first = spoke.create_hub("hub-a", endpoint="203.0.113.2:51820")
+        proc = spoke.start()
+        spoke.wait_hub_peer(first)
+        proc.wait_log("2 hubs are announced (hub-a, hub-b); using hub-a")
+
+    def test_a_labelled_hub_node_is_not_followed_by_default(self, spoke: SpokeHarness) -> None:
+        impostor = PrivateKey.generate().public_key().b64
+        spoke.api.create_node(
+            "impostor",
+            labels={PREFIX + "hub": "true"},
+            annotations={PREFIX + "public-key": impostor, PREFIX + "allowed-ips": "0.0.0.0/0"},
+        )
+        proc = spoke.start()
+        proc.wait_log("no hub yet: waiting for ConfigMap wg-kube/wg-kube-hub")
+        hub_key = spoke.create_hub()
+        spoke.wait_hub_peer(hub_key)
+        assert impostor not in spoke.device.peers()
+
+    def test_a_pinned_hub_key_refuses_another_and_keeps_the_trusted_one(
+        self, spoke: SpokeHarness
+    ) -> None:
+        hub_key = spoke.create_hub()
+        proc = spoke.start(HUB_PUBLIC_KEY=hub_key)
+        good = spoke.wait_hub_peer(hub_key)
+        impostor = PrivateKey.generate().public_key().b64
+        spoke.update_hub("hub-1", key=impostor)
+        proc.wait_log(f"no announced hub has the pinned public key {hub_key}")
+        assert spoke.device.peers() == {hub_key: good}
+
+    def test_a_pinned_hub_key_is_checked_in_node_discovery_too(self, spoke: SpokeHarness) -> None:
+        spoke.create_hub()
+        pinned = PrivateKey.generate().public_key().b64
+        proc = spoke.start(HUB_DISCOVERY="node", HUB_PUBLIC_KEY=pinned)
+        proc.wait_log(f"not the pinned {pinned}")
+        assert spoke.device.peers() == {}
 
     def test_malformed_hub_annotations_keep_the_last_good_configuration(
         self, spoke: SpokeHarness
     ) -> None:
         hub_key = spoke.create_hub()
-        proc = spoke.start()
+        proc = spoke.start(HUB_DISCOVERY="node")
         good = spoke.wait_hub_peer(hub_key)
         spoke.api.patch_node(
             "hub-1", {"metadata": {"annotations": {PREFIX + "public-key": "broken"}}}
@@ -152,6 +191,16 @@ class TestHub:
         assert proc.log.count("hub data unusable") == 1
         assert spoke.device.peers() == {hub_key: good}
         assert spoke.device.writes == writes
+
+    def test_a_malformed_announcement_keeps_the_last_good_configuration(
+        self, spoke: SpokeHarness
+    ) -> None:
+        hub_key = spoke.create_hub()
+        proc = spoke.start()
+        good = spoke.wait_hub_peer(hub_key)
+        spoke.write_announcement({"hubs.json": '{"version": 1, "hubs": [{"node": "x"}]}'})
+        proc.wait_log("hub announcement refused, keeping the last good configuration")
+        assert spoke.device.peers() == {hub_key: good}
 
 
 class TestFaults:
@@ -232,5 +281,7 @@ def test_every_variable_of_the_original_script_is_a_setting(spoke: SpokeHarness)
         "WG_ENDPOINT",
         "WG_PERSISTENT_KEEPALIVE",
         "WG_BACKEND",
+        "HUB_DISCOVERY",
+        "HUB_PUBLIC_KEY",
     ]:
         assert f"[env {name}]" in " ".join(proc.log.split()), name

@@ -5,7 +5,8 @@ WgKubeError
 │   ├── InvalidKey                      not 32 bytes of base64
 │   ├── InvalidEndpoint                 not ip, ip:port or [v6]:port
 │   ├── InvalidCIDR                     not a network, or host bits set
-│   └── AnnotationError                 one of the above, located on a Node and key
+│   ├── AnnotationError                 one of the above, located on a Node and key
+│   └── AnnouncementError               the hub announcement (ConfigMap) is unusable
 ├── KeyFileError                        a key file that exists but cannot be used
 ├── KernelError                         the kernel (or wireguard-go) refused or failed
 │   ├── DeviceNotFound                  the interface does not exist
@@ -50,6 +51,11 @@ class AnnotationError(InvalidInput):
         self.key = key
         self.reason = reason
         super().__init__(f"node {node!r}: annotation {key!r}: {reason}")
+
+
+class AnnouncementError(InvalidInput):
+    """The hub announcement cannot be used (malformed, unknown version, or a pinned key
+    that does not match); the message says which, for a log line."""
 
 
 class KeyFileError(WgKubeError):

@@ -1,4 +1,5 @@
-"""The only code that talks to the API server outside Kopf: Nodes and Events, as JSON dicts."""
+"""The only code that talks to the API server outside Kopf: Nodes, Events and the hub
+announcement ConfigMap, as JSON dicts."""
 
 from __future__ import annotations
 
@@ -29,6 +30,11 @@ class KubeApiError(ApiError):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class Forbidden(KubeApiError):
+    """HTTP 403: a permission problem (RBAC, the Node authorizer or an admission policy),
+    not an outage. The message is the API server's, which names what was refused."""
 
 
 class Gone(KubeApiError):
@@ -126,6 +132,72 @@ class Api:
         timeout_seconds: int,
     ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """(type, object) pairs until the server ends the watch; raises Gone on HTTP 410."""
+        async for item in self._watch(
+            self._core.list_node,
+            label_selector=label_selector,
+            field_selector=field_selector,
+            resource_version=resource_version,
+            timeout_seconds=timeout_seconds,
+        ):
+            yield item
+
+    # -- ConfigMaps: the hub announcement (wgkube.domain.announcement) --------------------
+    async def get_config_map(self, namespace: str, name: str) -> dict[str, Any]:
+        return await self._json(self._core.read_namespaced_config_map, name, namespace)
+
+    async def list_config_maps(
+        self, namespace: str, field_selector: str | None = None
+    ) -> tuple[list[dict[str, Any]], str]:
+        """Nodes may list the announcement only with `fieldSelector=metadata.name=…`:
+        RBAC's resourceNames then matches (a list without it is refused)."""
+        kwargs: dict[str, Any] = {"field_selector": field_selector} if field_selector else {}
+        data = await self._json(self._core.list_namespaced_config_map, namespace, **kwargs)
+        return list(data.get("items") or []), str(
+            data.get("metadata", {}).get("resourceVersion", "")
+        )
+
+    async def watch_config_maps(
+        self,
+        namespace: str,
+        *,
+        field_selector: str | None,
+        resource_version: str,
+        timeout_seconds: int,
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        async for item in self._watch(
+            self._core.list_namespaced_config_map,
+            namespace,
+            label_selector=None,
+            field_selector=field_selector,
+            resource_version=resource_version,
+            timeout_seconds=timeout_seconds,
+        ):
+            yield item
+
+    async def create_config_map(self, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        return await self._json(self._core.create_namespaced_config_map, namespace, body)
+
+    async def patch_config_map(
+        self, namespace: str, name: str, patch: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """A JSON merge patch on the ConfigMap."""
+        return await self._json(
+            self._core.patch_namespaced_config_map,
+            name,
+            namespace,
+            patch,
+            _content_type="application/merge-patch+json",
+        )
+
+    async def _watch(
+        self,
+        call: Any,
+        *args: Any,
+        label_selector: str | None,
+        field_selector: str | None,
+        resource_version: str,
+        timeout_seconds: int,
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         kwargs: dict[str, Any] = {
             "watch": True,
             "allow_watch_bookmarks": True,
@@ -138,7 +210,8 @@ class Api:
         if field_selector:
             kwargs["field_selector"] = field_selector
         try:
-            response: Any = await self._core.list_node(
+            response: Any = await call(
+                *args,
                 _preload_content=False,
                 _request_timeout=aiohttp.ClientTimeout(sock_read=timeout_seconds + 15),
                 **kwargs,
@@ -157,11 +230,7 @@ class Api:
                     event = json.loads(line)
                     kind, obj = str(event.get("type")), event.get("object") or {}
                     if kind == "ERROR":
-                        code = obj.get("code")
-                        message = obj.get("message", "watch error")
-                        if code == 410:
-                            raise Gone(message, 410)
-                        raise KubeApiError(str(message), code)
+                        raise _error(obj.get("code"), obj, "watch error")
                     yield kind, obj
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 raise KubeApiError(f"watch broken: {exc}") from exc
@@ -210,7 +279,7 @@ def _error(status: int | None, data: Any, fallback: str) -> KubeApiError:
         with contextlib.suppress(ValueError):
             data = json.loads(data)
     message = data.get("message") if isinstance(data, dict) else None
-    cls = Gone if status == 410 else KubeApiError
+    cls = {410: Gone, 403: Forbidden}.get(status or 0, KubeApiError)
     return cls(f"API error {status}: {message or fallback or str(data)[:200]}", status)
 
 

@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import functools
 import logging
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,24 +15,33 @@ from kubernetes_asyncio import client
 
 from wgkube.desired.model import DesiredState, DeviceSpec, Rejection
 from wgkube.desired.protected import api_server_protected, host_protected
+from wgkube.domain import announcement
 from wgkube.domain.annotations import (
+    HubRecord,
     NodeBody,
     node_address,
     node_annotations,
     node_labels,
     registration_patch,
 )
+from wgkube.domain.errors import AnnouncementError
 from wgkube.domain.keys import PrivateKey, load_private_key
 from wgkube.kernel import Kernel, open_kernel
 from wgkube.kernel.base import RtnlBackedKernel
 from wgkube.kube.address import api_server_addresses
-from wgkube.kube.client import Api, KubeApiError, load_configuration
+from wgkube.kube.client import Api, Forbidden, KubeApiError, load_configuration
+from wgkube.kube.watch import follow_config_map
 from wgkube.operator.loop import Guard, HubLoop
 from wgkube.operator.registry import PeerRegistry
 from wgkube.operator.settings import HubSettings
 from wgkube.reconcile import Reconciler
 
 log = logging.getLogger("wgkube.hub")
+
+MANIFESTS_RBAC = "manifests/10-rbac.yaml"
+"""Where the grants named in permission errors live."""
+NODES_ROLE = "the ClusterRole wg-kube-hub (nodes: get, list, watch, patch)"
+ANNOUNCEMENT_ROLE = "the Role wg-kube-hub-announcement (namespace wg-kube, configmaps)"
 
 
 def load_key(settings: HubSettings) -> PrivateKey:
@@ -105,13 +115,44 @@ async def read_guard(settings: HubSettings, kernel: Kernel, api_url: str) -> Gua
     return protected, learned
 
 
-async def relist_peers(api: Api, peers: PeerRegistry) -> None:
+async def relist_peers(api: Api, peers: PeerRegistry, problems: Problems) -> None:
     """An authoritative list: at start (the registry is complete only then) and on every
     resync (it catches deletions a broken watch missed). Watch events that land while it
     is in flight are newer and win by resourceVersion."""
-    nodes, version = await api.list_nodes()
+    with problems.track("list Nodes", NODES_ROLE):
+        nodes, version = await api.list_nodes()
     if peers.replace_all(nodes, version):
         log.info("Node list applied: %d peer Node(s) known", len(peers))
+
+
+@dataclass
+class Problems:
+    """Permission problems now in force, by what was refused: shown in /readyz and logged
+    as what they are (a 403 is a missing grant, not an outage)."""
+
+    current: dict[str, str] = field(default_factory=dict)
+
+    def refused(self, what: str, granted_by: str, exc: Forbidden) -> None:
+        message = (
+            f"permission denied to {what}: {exc}; the hub's ServiceAccount wg-kube/wg-kube "
+            f"gets it from {granted_by} in {MANIFESTS_RBAC}: apply it; retrying slowly"
+        )
+        if self.current.get(what) != message:
+            log.error("%s", message)
+        self.current[what] = message
+
+    def granted(self, what: str) -> None:
+        if self.current.pop(what, None) is not None:
+            log.info("permission to %s granted again", what)
+
+    @contextlib.contextmanager
+    def track(self, what: str, granted_by: str) -> Iterator[None]:
+        try:
+            yield
+        except Forbidden as exc:
+            self.refused(what, granted_by, exc)
+            raise
+        self.granted(what)
 
 
 @dataclass
@@ -123,6 +164,13 @@ class Hub:
     api: Api
     peers: PeerRegistry
     loop: HubLoop
+    problems: Problems = field(default_factory=Problems)
+    node: NodeBody | None = None
+    """The hub's own Node as last seen (its ExternalIP gives the endpoint)."""
+    _seen: tuple[NodeBody | None] | None = None
+    """The announcement ConfigMap as last listed or watched ((None,): absent; None: not
+    listed yet, so nothing is published before the first list)."""
+    _publish: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
     async def start(cls, settings: HubSettings) -> Hub:
@@ -139,19 +187,20 @@ class Hub:
         peers = PeerRegistry(
             settings.keys, settings.node_name, max_prefixes=settings.max_peer_prefixes
         )
+        problems = Problems()
         loop = HubLoop(
             device=device,
             reconciler=reconciler,
             registry=peers,
             report=functools.partial(post_rejection, api, peers, settings.node_name),
-            relist=functools.partial(relist_peers, api, peers),
+            relist=functools.partial(relist_peers, api, peers, problems),
             debounce=settings.debounce,
             resync_interval=settings.resync_interval,
             persistent_keepalive=settings.persistent_keepalive,
             guard=functools.partial(read_guard, settings, kernel, str(configuration.host)),
             peer_cidrs=settings.peer_cidrs,
         )
-        return cls(settings, key, kernel, configuration, api, peers, loop)
+        return cls(settings, key, kernel, configuration, api, peers, loop, problems)
 
     def announcement(self, node: NodeBody) -> dict[str, Any]:
         """The merge patch that publishes the hub on `node` as it is now (its ExternalIP)."""
@@ -182,7 +231,9 @@ class Hub:
         """
         settings = self.settings
         if node is None:
-            node = await self.api.get_node(settings.node_name)
+            with self.problems.track("read the hub's Node", NODES_ROLE):
+                node = await self.api.get_node(settings.node_name)
+        self.node = node
         patch = self.announcement(node)
         endpoint = patch["metadata"]["annotations"][settings.keys.endpoint]
         if endpoint is None:
@@ -191,13 +242,139 @@ class Hub:
                 "spokes cannot dial the hub until one is set",
                 settings.node_name,
             )
-        await self.api.patch_node(settings.node_name, patch)
+        with self.problems.track("patch the hub's Node", NODES_ROLE):
+            await self.api.patch_node(settings.node_name, patch)
+        self._publish.set()
         log.info(
             "announced node %s as the hub: endpoint %s, allowed-ips %s",
             settings.node_name,
             endpoint or "(none)",
             ",".join(map(str, settings.advertised)),
         )
+
+    # -- the announcement ConfigMap (what spokes read: wgkube.domain.announcement) -------
+    def record(self) -> HubRecord:
+        """This hub as spokes should see it, from its Node as last seen."""
+        external = node_address(self.node or {}, "ExternalIP")
+        return HubRecord(
+            node=self.settings.node_name,
+            public_key=self.key.public_key(),
+            endpoint=self.settings.published_endpoint(str(external) if external else None),
+            allowed_ips=self.settings.advertised,
+        )
+
+    def wanted_data(self, config_map: NodeBody | None) -> dict[str, str]:
+        """The announcement's data with this hub's entry as it is now, other hubs kept."""
+        others: tuple[HubRecord, ...] = ()
+        if config_map is not None:
+            try:
+                others = announcement.decode(config_map.get("data"))
+            except AnnouncementError as exc:
+                log.warning("replacing an unusable hub announcement: %s", exc)
+        return announcement.encode(announcement.with_hub(others, self.record()))
+
+    async def publish(self, config_map: NodeBody | None) -> None:
+        """Create or update the ConfigMap so that it carries this hub's entry as it is now.
+
+        `config_map` is the object as last listed or watched (None: absent). Nothing is
+        written when it already says the same; no read is needed (the watch has it), so
+        the hub's Role grants no `get`.
+        """
+        ns, name = announcement.NAMESPACE, announcement.NAME
+        data = self.wanted_data(config_map)
+        if config_map is not None and (config_map.get("data") or {}) == data:
+            return
+        with self.problems.track(f"write ConfigMap {ns}/{name}", ANNOUNCEMENT_ROLE):
+            if config_map is not None:
+                # Merge patch: keys this hub does not write are removed, so the data is ours.
+                stale = {k: None for k in (config_map.get("data") or {}) if k not in data}
+                try:
+                    await self.api.patch_config_map(ns, name, {"data": {**stale, **data}})
+                except KubeApiError as exc:
+                    if exc.status != 404:
+                        raise
+                    config_map = None  # deleted since it was seen
+            if config_map is None:
+                body = {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "metadata": {
+                        "name": name,
+                        "namespace": ns,
+                        "labels": {"app.kubernetes.io/name": "wg-kube"},
+                    },
+                    "data": data,
+                }
+                try:
+                    await self.api.create_config_map(ns, body)
+                except KubeApiError as exc:
+                    if exc.status != 409:
+                        raise
+                    await self.api.patch_config_map(ns, name, {"data": data})
+        log.info(
+            "published the hub announcement in ConfigMap %s/%s: endpoint %s",
+            ns,
+            name,
+            self.record().endpoint or "(none)",
+        )
+
+    async def keep_published(self, resync_interval: float = 60.0) -> None:
+        """Publish the announcement, and re-assert it whenever someone changes or deletes
+        it or the hub's endpoint changes (as the hub's own Node annotations are)."""
+        what = f"watch ConfigMap {announcement.NAMESPACE}/{announcement.NAME}"
+
+        async def on_list(items: list[dict[str, Any]]) -> None:
+            self.problems.granted(what)
+            self._seen = (items[0] if items else None,)
+            self._publish.set()
+
+        async def on_event(kind: str, obj: dict[str, Any]) -> None:
+            self._seen = (None if kind == "DELETED" else obj,)
+            self._publish.set()
+
+        async def on_error(exc: KubeApiError) -> None:
+            if isinstance(exc, Forbidden):
+                self.problems.refused(what, ANNOUNCEMENT_ROLE, exc)
+            else:
+                log.warning("following the hub announcement failed: %s; retrying", exc)
+
+        follower = asyncio.create_task(
+            follow_config_map(
+                self.api,
+                announcement.NAMESPACE,
+                announcement.NAME,
+                on_list=on_list,
+                on_event=on_event,
+                on_error=on_error,
+            )
+        )
+        try:
+            await self._publisher(resync_interval)
+        finally:
+            follower.cancel()
+            await asyncio.gather(follower, return_exceptions=True)
+
+    async def _publisher(self, resync_interval: float) -> None:
+        backoff = 0.5
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(resync_interval):
+                    await self._publish.wait()
+            self._publish.clear()
+            seen = self._seen
+            if seen is None:
+                continue  # the follower's first list wakes us
+            try:
+                await self.publish(seen[0])
+                backoff = 0.5
+            except KubeApiError as exc:
+                if isinstance(exc, Forbidden):
+                    backoff = max(backoff, 5.0)  # a missing grant (logged): ask slowly
+                else:
+                    log.warning("publishing the hub announcement failed: %s", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                self._publish.set()
 
     async def announce_until_done(self, stop: asyncio.Event) -> bool:
         """Retry with backoff while the API is unreachable; False when stopped first."""
@@ -207,7 +384,10 @@ class Hub:
                 await self.announce()
                 return True
             except KubeApiError as exc:
-                log.warning("announcing the hub failed: %s; retrying in %.1fs", exc, delay)
+                if isinstance(exc, Forbidden):
+                    delay = max(delay, 5.0)  # a missing grant: ask slowly (logged above)
+                else:
+                    log.warning("announcing the hub failed: %s; retrying in %.1fs", exc, delay)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await stop.wait()

@@ -76,6 +76,8 @@ def install(
         if hub.peers.observe(body, deleted=event.get("type") == "DELETED"):
             hub.loop.wake()
         own = body.get("metadata", {}).get("name") == hub.settings.node_name
+        if own and event.get("type") != "DELETED":
+            hub.node = body
         if own and event.get("type") != "DELETED" and not hub.announced(body):
             try:
                 await hub.announce(body)

@@ -66,6 +66,7 @@ async def serve(settings: HubSettings) -> None:
             return
         tasks = [
             asyncio.create_task(hub.loop.run(), name="reconcile loop"),
+            asyncio.create_task(hub.keep_published(), name="announcement"),
             asyncio.create_task(
                 # No stop_flag: Kopf takes SIGTERM/SIGINT itself and returns; a flag that
                 # nobody sets would hold its exit for 5 s as a "hung task".
@@ -74,7 +75,11 @@ async def serve(settings: HubSettings) -> None:
             ),
         ]
         if settings.probe_address:
-            tasks.append(asyncio.create_task(serve_probes(settings.probe_address, hub.loop, stop)))
+            tasks.append(
+                asyncio.create_task(
+                    serve_probes(settings.probe_address, hub.loop, stop, hub.problems.current)
+                )
+            )
         done, _ = await asyncio.wait(
             [*tasks, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
         )

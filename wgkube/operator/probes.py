@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Mapping
 
 from aiohttp import web
 
@@ -14,17 +15,23 @@ from wgkube.operator.loop import HubLoop
 log = logging.getLogger("wgkube.hub")
 
 
-async def serve_probes(address: str, hub: HubLoop, stop: asyncio.Event) -> None:
-    """/healthz: the process serves; /readyz: listed and the last reconcile succeeded."""
+async def serve_probes(
+    address: str, hub: HubLoop, stop: asyncio.Event, problems: Mapping[str, str] | None = None
+) -> None:
+    """/healthz: the process serves; /readyz: listed, the last reconcile succeeded and no
+    permission problem (`problems`: what was refused -> what to do) is in force."""
+    problems = {} if problems is None else problems
     host, _, port = address.rpartition(":")
 
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
     async def readyz(_: web.Request) -> web.Response:
+        ready = hub.ready and not problems
         body = {
             "listed": hub.listed.is_set(),
-            "ready": hub.ready,
+            "ready": ready,
+            "problems": sorted(problems.values()),
             "peers": hub.stats.peers,
             "rejected": hub.stats.rejected,
             "reconciles": hub.stats.reconciles,
@@ -34,7 +41,7 @@ async def serve_probes(address: str, hub: HubLoop, stop: asyncio.Event) -> None:
             else None,
         }
         return web.Response(
-            status=200 if hub.ready else 503,
+            status=200 if ready else 503,
             text=json.dumps(body) + "\n",
             content_type="application/json",
         )

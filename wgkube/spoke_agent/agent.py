@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from wgkube.desired.model import DesiredState, DeviceSpec
 from wgkube.desired.spoke import spoke_state, unsafe_routes
+from wgkube.domain import announcement
 from wgkube.domain.annotations import (
     HubRecord,
     NodeBody,
@@ -21,16 +23,34 @@ from wgkube.domain.annotations import (
     node_name,
     registration_patch,
 )
-from wgkube.domain.errors import AnnotationError, WgKubeError
+from wgkube.domain.errors import AnnotationError, AnnouncementError, WgKubeError
 from wgkube.domain.keys import PrivateKey
 from wgkube.domain.net import IPAddress
 from wgkube.kube.address import api_server_addresses
-from wgkube.kube.client import Api, KubeApiError
-from wgkube.kube.watch import follow_nodes
+from wgkube.kube.client import Api, Forbidden, KubeApiError
+from wgkube.kube.watch import follow_config_map, follow_nodes
 from wgkube.reconcile import Reconciler
 from wgkube.spoke_agent.settings import SpokeSettings
 
 log = logging.getLogger("wgkube.spoke")
+
+ANNOUNCEMENT = f"ConfigMap {announcement.NAMESPACE}/{announcement.NAME}"
+GRANTS = {
+    "own": (
+        "the Node authorizer lets a kubelet read and patch only its own Node: NODE_NAME "
+        "must be the name the kubelet registers, and the kubeconfig the kubelet's"
+    ),
+    "configmap": (
+        f"group system:nodes may read {ANNOUNCEMENT} through the Role wg-kube-hub-readers "
+        "in manifests/10-rbac.yaml: apply the manifests"
+    ),
+    "node": (
+        "--hub-discovery=node reads the hub's Node, which a kubelet's credentials may not: "
+        "grant nodes get/list/watch on Nodes, or use the default --hub-discovery=configmap"
+    ),
+}
+"""What the manifests grant, named when the API server refuses (a 403 is a missing
+grant, not an outage)."""
 
 
 def device_spec(settings: SpokeSettings, key: PrivateKey) -> DeviceSpec:
@@ -70,6 +90,10 @@ class SpokeAgent:
     _said: set[str] = field(default_factory=set)
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     _register: asyncio.Event = field(default_factory=asyncio.Event)
+    status: Callable[[str], None] = lambda _: None
+    """Told a one-line state whenever it changes (systemd's STATUS=)."""
+    _status: str = ""
+    _refused: dict[str, str] = field(default_factory=dict)
 
     @property
     def device(self) -> DeviceSpec:
@@ -87,6 +111,23 @@ class SpokeAgent:
             persistent_keepalive=self.settings.persistent_keepalive,
             api_server=self.api_server,
         )
+
+    def _state(self) -> None:
+        if self._refused:
+            text = "; ".join(self._refused[k] for k in sorted(self._refused))
+        elif self.hub is None:
+            text = f"waiting for the hub ({self._source()})"
+        else:
+            endpoint = self.hub.endpoint or "no endpoint"
+            text = f"following hub {self.hub.node} at {endpoint}"
+        if text != self._status:
+            self._status = text
+            self.status(text)
+
+    def _source(self) -> str:
+        if self.settings.hub_discovery == "node":
+            return f"a Node labelled {self.settings.keys.hub_selector()}"
+        return ANNOUNCEMENT
 
     def _once(self, message: str, *args: object, level: int = logging.WARNING) -> None:
         """Log a message once until the situation changes (not every poll)."""
@@ -117,7 +158,12 @@ class SpokeAgent:
         )
 
     async def register(self) -> None:
-        await self.api.patch_node(self.settings.node_name, self.registration())
+        try:
+            await self.api.patch_node(self.settings.node_name, self.registration())
+        except Forbidden as exc:
+            self._refuse("register", f"patch Node {self.settings.node_name}", exc, GRANTS["own"])
+            raise
+        self._allowed("register")
         log.info(
             "registered node %s as a peer: public key %s, allowed-ips %s",
             self.settings.node_name,
@@ -126,8 +172,15 @@ class SpokeAgent:
         )
 
     async def _own_list(self, items: list[dict[str, Any]]) -> None:
+        self._allowed("own")
         if not items:
-            self._once("node %s does not exist in the API yet", self.settings.node_name)
+            # On first boot the agent starts before the kubelet, which creates the Node:
+            # the watch brings its ADDED event, and registration follows.
+            self._once(
+                "node %s does not exist in the API yet; registering once the kubelet creates it",
+                self.settings.node_name,
+                level=logging.INFO,
+            )
             return
         await self._own_event("MODIFIED", items[0])
 
@@ -135,8 +188,62 @@ class SpokeAgent:
         if kind != "DELETED" and not self.registered(node):
             self._register.set()
 
-    # -- the hub ----------------------------------------------------------------------------
+    # -- the hub, from the announcement ConfigMap (the default) ----------------------------
+    async def _announcement_list(self, items: list[dict[str, Any]]) -> None:
+        self._allowed("hub")
+        self._announced(items[0] if items else None)
+
+    async def _announcement_event(self, kind: str, obj: dict[str, Any]) -> None:
+        self._announced(None if kind == "DELETED" else obj)
+
+    def _announced(self, config_map: dict[str, Any] | None) -> None:
+        """Only the hub's ServiceAccount can write this ConfigMap: what it says is trusted
+        (and with a pinned key, only the hub holding that key)."""
+        if config_map is None:
+            if self.hub is None:
+                self._once("no hub yet: waiting for %s", ANNOUNCEMENT, level=logging.INFO)
+            else:
+                self._once(
+                    "%s is gone; keeping the last good hub configuration (%s)",
+                    ANNOUNCEMENT,
+                    self.hub.node,
+                )
+            self._state()
+            return
+        try:
+            hubs = announcement.decode(config_map.get("data"))
+            record = announcement.trusted_hub(hubs, self.settings.pinned_hub_key)
+        except AnnouncementError as exc:
+            what = "keeping the last good configuration" if self.hub else "waiting for a valid one"
+            self._once("hub announcement refused, %s: %s", what, exc, level=logging.ERROR)
+            self._state()
+            return
+        if len(hubs) > 1:
+            self._once(
+                "%d hubs are announced (%s); using %s",
+                len(hubs),
+                ", ".join(h.node for h in hubs),
+                record.node,
+            )
+        self._follow(record)
+
+    def _follow(self, record: HubRecord) -> None:
+        if record != self.hub:
+            log.info(
+                "hub %s: public key %s, endpoint %s, allowed-ips %s",
+                record.node,
+                record.public_key,
+                record.endpoint or "(none)",
+                ",".join(map(str, record.allowed_ips)),
+            )
+            self.hub = record
+            self._said.clear()
+        self._state()
+        self._wakeup.set()
+
+    # -- the hub, from its Node (--hub-discovery=node) ----------------------------------------
     async def _hub_list(self, items: list[dict[str, Any]]) -> None:
+        self._allowed("hub")
         self._hubs = {node_name(n): n for n in items if is_hub(n, self.settings.keys)}
         self._pick()
 
@@ -172,49 +279,80 @@ class SpokeAgent:
             )
         try:
             record = decode_hub(chosen, self.settings.keys)
-        except AnnotationError as exc:
+            pinned = self.settings.pinned_hub_key
+            if pinned is not None and record.public_key != pinned:
+                raise AnnouncementError(
+                    f"node {record.node} is labelled hub with public key {record.public_key}, "
+                    f"not the pinned {pinned}"
+                )
+        except (AnnotationError, AnnouncementError) as exc:
             what = "keeping the last good configuration" if self.hub else "waiting for valid data"
             self._once("hub data unusable, %s: %s", what, exc, level=logging.ERROR)
             return
-        if record != self.hub:
-            log.info(
-                "hub %s: public key %s, endpoint %s, allowed-ips %s",
-                record.node,
-                record.public_key,
-                record.endpoint or "(none)",
-                ",".join(map(str, record.allowed_ips)),
-            )
-            self.hub = record
-            self._said.clear()
-        self._wakeup.set()
+        self._follow(record)
 
-    async def _api_error(self, exc: KubeApiError) -> None:
-        self._once("API server unavailable (%s); the tunnel stays as it is, retrying", exc)
+    # -- errors -------------------------------------------------------------------------------
+    def _refuse(self, stream: str, what: str, exc: Forbidden, grant: str) -> None:
+        self._refused[stream] = f"permission denied to {what}"
+        self._once(
+            "permission denied to %s (%s): %s; the tunnel stays as it is, retrying slowly",
+            what,
+            exc,
+            grant,
+            level=logging.ERROR,
+        )
+        self._state()
+
+    def _allowed(self, stream: str) -> None:
+        if self._refused.pop(stream, None) is not None:
+            log.info("permission problem resolved (%s)", stream)
+            self._state()
+
+    def _api_error_for(self, stream: str, what: str, grant: str) -> Any:
+        async def on_error(exc: KubeApiError) -> None:
+            if isinstance(exc, Forbidden):
+                self._refuse(stream, what, exc, grant)
+            else:
+                self._once("API server unavailable (%s); the tunnel stays as it is, retrying", exc)
+
+        return on_error
 
     # -- loops --------------------------------------------------------------------------
+    def _hub_follower(self) -> Any:
+        if self.settings.hub_discovery == "node":
+            selector = self.settings.keys.hub_selector()
+            return follow_nodes(
+                self.api,
+                label_selector=selector,
+                on_list=self._hub_list,
+                on_event=self._hub_event,
+                on_error=self._api_error_for("hub", f"watch Nodes {selector}", GRANTS["node"]),
+            )
+        return follow_config_map(
+            self.api,
+            announcement.NAMESPACE,
+            announcement.NAME,
+            on_list=self._announcement_list,
+            on_event=self._announcement_event,
+            on_error=self._api_error_for("hub", f"watch {ANNOUNCEMENT}", GRANTS["configmap"]),
+        )
+
     async def run(self) -> None:
         self.api_server = await api_server_addresses(self.api.host)
+        self._state()
+        own = self.settings.node_name
         tasks = [
             asyncio.create_task(
                 follow_nodes(
                     self.api,
-                    field_selector=f"metadata.name={self.settings.node_name}",
+                    field_selector=f"metadata.name={own}",
                     on_list=self._own_list,
                     on_event=self._own_event,
-                    on_error=self._api_error,
+                    on_error=self._api_error_for("own", f"watch Node {own}", GRANTS["own"]),
                 ),
                 name="own node",
             ),
-            asyncio.create_task(
-                follow_nodes(
-                    self.api,
-                    label_selector=self.settings.keys.hub_selector(),
-                    on_list=self._hub_list,
-                    on_event=self._hub_event,
-                    on_error=self._api_error,
-                ),
-                name="hub",
-            ),
+            asyncio.create_task(self._hub_follower(), name="hub"),
             asyncio.create_task(self._registration_loop(), name="registration"),
             asyncio.create_task(self._reconcile_loop(), name="reconcile"),
         ]
@@ -237,7 +375,12 @@ class SpokeAgent:
                 await self.register()
                 backoff = 0.5
             except KubeApiError as exc:
-                self._once("cannot register node %s: %s; retrying", self.settings.node_name, exc)
+                if isinstance(exc, Forbidden):
+                    backoff = max(backoff, 5.0)  # logged as a permission problem
+                else:
+                    self._once(
+                        "cannot register node %s: %s; retrying", self.settings.node_name, exc
+                    )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
                 self._register.set()
@@ -263,6 +406,7 @@ class SpokeAgent:
                     )
                 elif hub is not None and hub != self._synced:
                     self._synced = hub
+                    self._state()
                     log.info("tunnel to hub %s in place (%d change(s))", hub.node, len(ops))
             except WgKubeError as exc:
                 log.error("reconcile failed: %s; retrying", exc)

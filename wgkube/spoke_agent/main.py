@@ -122,7 +122,11 @@ async def serve(settings: SpokeSettings, key: PrivateKey) -> None:
     kernel = await open_kernel(settings.backend, route_protocol=settings.route_protocol)
     api = await Api.connect(settings.kubeconfig)
     agent = SpokeAgent(
-        settings=settings, key=key, api=api, reconciler=Reconciler(kernel, keep_refused=True)
+        settings=settings,
+        key=key,
+        api=api,
+        reconciler=Reconciler(kernel, keep_refused=True),
+        status=lambda text: notify(f"STATUS={text}"),  # `systemctl status` shows it
     )
     task = asyncio.create_task(agent.run())
     stopper = asyncio.create_task(stop.wait())

@@ -6,9 +6,10 @@ import socket
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from wgkube.domain.annotations import DEFAULT_PREFIX
+from wgkube.domain.keys import PublicKey
 from wgkube.domain.net import (
     DEFAULT_PORT,
     Endpoint,
@@ -61,6 +62,21 @@ class SpokeSettings(NodeSettings):
         None, json_schema_extra=_env("HUB_ALLOWED_IPS", "--hub-allowed-ips")
     )
     """CIDRs to route through the hub (overrides the hub's allowed-ips annotation)."""
+
+    hub_discovery: Literal["configmap", "node"] = Field(
+        "configmap", json_schema_extra=_env("HUB_DISCOVERY", "--hub-discovery")
+    )
+    """Where the hub is read from. `configmap` (default): the announcement ConfigMap
+    wg-kube/wg-kube-hub, which only the hub's ServiceAccount may write and every node may
+    read by name. `node`: the Node labelled hub, for clusters that let nodes read Nodes
+    (the kubelet's own credentials may not, and any node may label itself hub unless
+    manifests/30-admission.yaml is applied)."""
+
+    hub_public_key: str | None = Field(
+        None, json_schema_extra=_env("HUB_PUBLIC_KEY", "--hub-public-key")
+    )
+    """Pin the hub's WireGuard public key (base64): an announcement with another key is
+    refused and logged, and the last trusted configuration is kept (default: no pin)."""
 
     annotation_prefix: str = Field(
         DEFAULT_PREFIX, json_schema_extra=_env("ANNOTATION_PREFIX", "--annotation-prefix")
@@ -119,6 +135,18 @@ class SpokeSettings(NodeSettings):
         "info", json_schema_extra=_env("WG_LOG_LEVEL", "--log-level")
     )
     """Log level."""
+
+    @field_validator("hub_public_key")
+    @classmethod
+    def _hub_key(cls, value: str | None) -> str | None:
+        if value is not None and value.strip():
+            PublicKey.parse(value.strip())
+            return value.strip()
+        return None
+
+    @property
+    def pinned_hub_key(self) -> PublicKey | None:
+        return PublicKey.parse(self.hub_public_key) if self.hub_public_key else None
 
     @property
     def key_path(self) -> Path:

@@ -227,6 +227,9 @@ class ControlPlane:
     workdir: Path | None = None
     start_timeout: float = 60.0
     apiserver_args: Sequence[str] = ()
+    host: str = "127.0.0.1"
+    """The address kube-apiserver binds and serves on (and its certificate names): another
+    local address lets processes in network namespaces reach it (tests/trust)."""
 
     url: str = field(init=False, default="")
     #: seconds spent in each start-up phase (certs, etcd, apiserver, total)
@@ -387,7 +390,7 @@ class ControlPlane:
         pki.leaf(
             "apiserver",
             "/CN=kube-apiserver",
-            "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,"
+            f"subjectAltName=IP:{self.host},IP:127.0.0.1,DNS:localhost,DNS:kubernetes,"
             "DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.96.0.1\n"
             "extendedKeyUsage=serverAuth\n",
         )
@@ -487,8 +490,8 @@ class ControlPlane:
             [
                 str(self.bin_dir / "kube-apiserver"),
                 f"--etcd-servers={etcd_url}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={self.host}",
+                f"--advertise-address={self.host}",
                 # The lease reconciler refuses loopback advertise addresses and
                 # nothing here needs the `kubernetes` Service's endpoints.
                 "--endpoint-reconciler-type=none",
@@ -509,7 +512,7 @@ class ControlPlane:
                 *self.apiserver_args,
             ],
         )
-        self.url = f"https://127.0.0.1:{port}"
+        self.url = f"https://{self.host}:{port}"
         ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
         token = self._tokens[Identity(ADMIN_USER, ("system:masters",))]
         self._wait(

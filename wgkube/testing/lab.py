@@ -102,6 +102,8 @@ class Lab:
         self.state = LabState(str(workdir))
         self.api: ApiServer | None = None
         self.kubeconfig = workdir / "kubeconfig"
+        self.kubeconfigs: dict[str, Path] = {}
+        """Per node name (use_api); the emulator's admin kubeconfig otherwise."""
         for sub in ("logs", "keys"):
             (workdir / sub).mkdir(parents=True, exist_ok=True)
 
@@ -123,6 +125,7 @@ class Lab:
             server.__enter__()
             self._in_process = server
             self.api = server
+            self._namespace()
             return
         log = (self.workdir / "logs" / "apiserver.log").open("ab")
         proc = subprocess.Popen(
@@ -151,6 +154,20 @@ class Lab:
                 raise RuntimeError("the API emulator did not start; see logs/apiserver.log")
             time.sleep(0.05)
         self.api = RealApiServer(self.kubeconfig)
+        self._namespace()
+
+    def use_api(self, api: ApiServer, kubeconfigs: dict[str, Path]) -> None:
+        """Another API server (a real control plane reachable from the namespaces), with
+        one kubeconfig per node name: each process runs with its production identity."""
+        self.api = api
+        self.kubeconfigs = dict(kubeconfigs)
+
+    def _namespace(self) -> None:
+        # The hub publishes its announcement in its namespace (manifests/00-namespace.yaml).
+        assert self.api is not None
+        if self.api.get("namespaces", "wg-kube") is None:
+            body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "wg-kube"}}
+            self.api.create("namespaces", body)
 
     def add_node(self, node: Node) -> None:
         ns = NetNS(f"wgkdemo-{node.name}")
@@ -171,6 +188,7 @@ class Lab:
 
     def start_process(self, node: Node) -> None:
         key_file = self.workdir / "keys" / f"{node.name}.key"
+        kubeconfig = self.kubeconfigs.get(node.name, self.kubeconfig)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("WG_", "KUBE"))}
         if node.role == "hub":
             argv = [
@@ -182,7 +200,7 @@ class Lab:
                 "--interface",
                 node.ifname,
                 "--kubeconfig",
-                str(self.kubeconfig),
+                str(kubeconfig),
                 "--private-key-file",
                 str(key_file),
                 "--allowed-ips",
@@ -194,7 +212,7 @@ class Lab:
         else:
             argv = ["spoke"]
             env.update(
-                KUBECONFIG=str(self.kubeconfig),
+                KUBECONFIG=str(kubeconfig),
                 NODE_NAME=node.name,
                 WG_INTERFACE=node.ifname,
                 WG_ADDRESS=f"{node.wg_address}/32",
