@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from wgkube.desired.model import DesiredState
 from wgkube.diff.model import Operation
 from wgkube.diff.plan import describe, plan
+from wgkube.domain.errors import WgKubeError
 from wgkube.domain.keys import PublicKey
 from wgkube.domain.net import Endpoint
 from wgkube.kernel.port import Kernel
@@ -18,14 +22,34 @@ LOGGED_CHANGES = 20
 """Changes listed one per line at INFO before a reconcile applies them."""
 
 
+class ReconcileObserver(Protocol):
+    """Told about every reconcile (metrics): its duration and the operations applied,
+    or None when it failed."""
+
+    def reconciled(self, seconds: float, ops: Sequence[Operation] | None) -> None: ...
+
+
 @dataclass
 class Reconciler:
     """Keeps only what the kernel cannot tell: which published endpoints were applied."""
 
     kernel: Kernel
     applied_endpoints: dict[PublicKey, Endpoint | None] = field(default_factory=dict)
+    observer: ReconcileObserver | None = None
 
     async def reconcile(self, desired: DesiredState) -> tuple[Operation, ...]:
+        started = time.monotonic()
+        try:
+            ops = await self._reconcile(desired)
+        except WgKubeError:
+            if self.observer is not None:
+                self.observer.reconciled(time.monotonic() - started, None)
+            raise
+        if self.observer is not None:
+            self.observer.reconciled(time.monotonic() - started, ops)
+        return ops
+
+    async def _reconcile(self, desired: DesiredState) -> tuple[Operation, ...]:
         ifname = desired.device.name
         observed = await self.kernel.observe(ifname)
         ops = plan(desired, observed, applied_endpoints=self.applied_endpoints)

@@ -23,6 +23,8 @@ from wgkube.domain.annotations import (
 from wgkube.domain.keys import PrivateKey, load_private_key
 from wgkube.kernel import Kernel, open_kernel
 from wgkube.kube.client import Api, KubeApiError, load_configuration
+from wgkube.observe.book import HealthBook
+from wgkube.observe.metrics import Metrics, thresholds
 from wgkube.operator.loop import HubLoop
 from wgkube.operator.registry import PeerRegistry
 from wgkube.operator.settings import HubSettings
@@ -105,6 +107,7 @@ class Hub:
     api: Api
     peers: PeerRegistry
     loop: HubLoop
+    metrics: Metrics
 
     @classmethod
     async def start(cls, settings: HubSettings) -> Hub:
@@ -113,12 +116,20 @@ class Hub:
         kernel = await open_kernel(settings.backend, route_protocol=settings.route_protocol)
         log.info("WireGuard backend: %s", kernel.name)
         device = device_spec(settings, key)
-        reconciler = Reconciler(kernel)
+        peers = PeerRegistry(settings.keys, settings.node_name)
+        metrics = Metrics(
+            kernel,
+            settings.interface,
+            "hub",
+            HealthBook(thresholds(settings.health_handshake_limit, settings.health_keepalive)),
+            names=lambda: {r.public_key: r.node for r in peers.records()},
+            reasons=lambda: loop.stats.rejected_by_reason,
+        )
+        reconciler = Reconciler(kernel, observer=metrics.reconcile)
         await reconciler.reconcile(DesiredState(device=device, peers=None))
         ensure_forwarding(settings)
         configuration = await load_configuration(settings.kubeconfig)
         api = Api.from_configuration(configuration)
-        peers = PeerRegistry(settings.keys, settings.node_name)
         loop = HubLoop(
             device=device,
             reconciler=reconciler,
@@ -129,7 +140,7 @@ class Hub:
             resync_interval=settings.resync_interval,
             persistent_keepalive=settings.persistent_keepalive,
         )
-        return cls(settings, key, kernel, configuration, api, peers, loop)
+        return cls(settings, key, kernel, configuration, api, peers, loop, metrics)
 
     def announcement(self, node: NodeBody) -> dict[str, Any]:
         """The merge patch that publishes the hub on `node` as it is now (its ExternalIP)."""
