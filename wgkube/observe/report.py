@@ -103,9 +103,13 @@ def hub_condition(
 
 
 def health_annotation(
-    states: Mapping[str, PeerState], handshakes: Mapping[str, float], now: float
+    states: Mapping[str, PeerState],
+    handshakes: Mapping[str, float],
+    now: float,
+    rejected: list[str] | None = None,
 ) -> str:
-    """Counts, and the peers that are not up with their last handshake (0 = never)."""
+    """Counts, the peers that are not up with their last handshake (0 = never), and
+    the rejected peer Nodes; each list capped at LISTED_PEERS."""
     counts = count(states.values())
     others = sorted(n for n, s in states.items() if s is not PeerState.UP)
     body: dict[str, Any] = {
@@ -115,6 +119,8 @@ def health_annotation(
     }
     if len(others) > LISTED_PEERS:
         body["truncated"] = len(others) - LISTED_PEERS
+    if rejected:
+        body["rejected"] = sorted(rejected)[:LISTED_PEERS]
     return json.dumps(body, sort_keys=True, separators=(",", ":"))
 
 
@@ -172,7 +178,8 @@ class HubReporter:
     keys: Keys
     node: str
     uid_of: Callable[[str], str]
-    rejected: Callable[[], int]
+    rejected: Callable[[], list[str]]
+    """The peer Nodes left out of the device now."""
     interval: float = 10.0
     heartbeat: float = 300.0
     _states: dict[str, PeerState] | None = None
@@ -195,14 +202,17 @@ class HubReporter:
             for event in events_for(
                 transitions(self._states, states), self.node, self.metrics.interface
             ):
-                log.info("%s: %s", event.reason, event.message)
-                await self.api.post_event(
-                    {"metadata": {"name": event.node, "uid": self.uid_of(event.node)}},
-                    type_=event.type_,
-                    reason=event.reason,
-                    message=event.message,
-                    reporting_instance=self.node,
-                )
+                log.info("%s: %s: %s", event.node, event.reason, event.message)
+                try:
+                    await self.api.post_event(
+                        {"metadata": {"name": event.node, "uid": self.uid_of(event.node)}},
+                        type_=event.type_,
+                        reason=event.reason,
+                        message=event.message,
+                        reporting_instance=self.node,
+                    )
+                except WgKubeError as exc:  # one lost Event must not repeat the others
+                    log.warning("cannot post %s for node %s: %s", event.reason, event.node, exc)
         self._states = states
         counts = count(states.values())
         exists = snap.peers is not None
@@ -210,12 +220,12 @@ class HubReporter:
         written = (
             exists,
             tuple(sorted(counts.items())),
-            self.rejected(),
+            tuple(self.rejected()),
             tuple(sorted(not_up.items())),
         )
         if written == self._written and snap.now - self._written_at < self.heartbeat:
             return
-        if self._written is None or written[:2] != self._written[:2]:
+        if self._written is None or written[0] != self._written[0]:
             self._since = snap.now
         await self.api.patch_node(
             self.node,
@@ -223,14 +233,14 @@ class HubReporter:
                 "metadata": {
                     "annotations": {
                         self.keys.prefix + HEALTH_ANNOTATION: health_annotation(
-                            states, handshakes, snap.now
+                            states, handshakes, snap.now, self.rejected()
                         )
                     }
                 }
             },
         )
         cond = hub_condition(
-            counts, self.rejected(), exists=exists, now=snap.now, since=self._since
+            counts, len(self.rejected()), exists=exists, now=snap.now, since=self._since
         )
         await self.api.patch_node_status(self.node, {"status": {"conditions": [cond]}})
         self._written, self._written_at = written, snap.now

@@ -32,6 +32,7 @@ class LoopStats:
     peers: int = 0
     rejected: int = 0
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    rejected_nodes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -130,6 +131,7 @@ class HubLoop:
         self.stats.peers = len(desired.peers or {})
         self.stats.rejected = len(rejections)
         self.stats.rejected_by_reason = dict(Counter(r.reason for r in rejections))
+        self.stats.rejected_nodes = sorted(r.node for r in rejections)
         if ops or self.stats.reconciles == 1:
             log.info(
                 "reconciled: %d peer(s), %d rejected, %d change(s) in %.3fs",

@@ -101,7 +101,7 @@ def observe(hub: Hub, stop: asyncio.Event) -> list[asyncio.Task[None]]:
         settings.keys,
         settings.node_name,
         uid_of=lambda name: hub.peers.ref(name).uid,
-        rejected=lambda: hub.loop.stats.rejected,
+        rejected=lambda: hub.loop.stats.rejected_nodes,
         interval=settings.health_interval,
         heartbeat=settings.health_heartbeat,
     )
