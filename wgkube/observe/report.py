@@ -146,7 +146,7 @@ def events_for(changes: list[Transition], hub_node: str, interface: str) -> list
                 EventToPost(
                     hub_node,
                     type_,
-                    reason + "s",
+                    reason.replace("Peer", "Peers", 1),
                     f"{len(group)} peers {verb} on {interface}: {names}",
                 )
             )
