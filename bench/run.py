@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench import scrape
 from bench.common import SOCKET_DIR, log
 from wgkube.testing.netns import create_netns, delete_netns
 
@@ -617,6 +618,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.quick and not args.no_vm:
         log("disruption in the VM (one boot, kernel WireGuard)")
         vm = run_vm()
+    log("/metrics scrape cost (wireguard-go, throw-away namespace)")
+    results["scrape"] = scrape.run(1000 if args.quick else 5000)
     results["environment"]["loadavg_end"] = list(os.getloadavg())
     results["duration_s"] = time.monotonic() - started
     results["host_status"] = {k: v for k, v in host.items() if k in ("status", "error")}
@@ -625,6 +628,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(render(results))
+    print(scrape.line(results["scrape"]))
     print(f"\nJSON: {args.json}")
     return 0 if _ok(host) else 1
 

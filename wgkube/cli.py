@@ -5,10 +5,11 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-USAGE = """usage: wg-kube {hub,spoke,version} [options]
+USAGE = """usage: wg-kube {hub,spoke,status,version} [options]
 
   hub      run the hub operator (Kopf) on the hub node
   spoke    run the spoke agent on a spoke node
+  status   show the overlay: hubs, peers, their health (read-only, from the API)
   version  print the version
 
 `wg-kube hub --help` and `wg-kube spoke --help` list the options.
@@ -34,6 +35,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from wgkube.spoke_agent.main import run as run_spoke
 
         return run_spoke(rest)
+    if command == "status":
+        from wgkube.observe.status import main as status
+
+        return status(rest)
     print(f"wg-kube: unknown command {command!r}\n\n{USAGE}", end="", file=sys.stderr)
     return 2
 

@@ -13,13 +13,15 @@ reconcile diffs against the kernel and finishes what was left half-applied.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from wgkube.desired.model import CONFLICT, DesiredState, PeerSpec
 from wgkube.diff.model import AddRoute, ObservedState, Operation, UpsertPeer
 from wgkube.diff.plan import describe, plan
-from wgkube.domain.errors import KernelError, OperationRejected, RouteConflict
+from wgkube.domain.errors import KernelError, OperationRejected, RouteConflict, WgKubeError
 from wgkube.domain.keys import PublicKey
 from wgkube.domain.net import Endpoint, IPNetwork
 from wgkube.kernel.port import Kernel
@@ -59,6 +61,13 @@ class _Unit:
     peer: PublicKey | None
 
 
+class ReconcileObserver(Protocol):
+    """Told about every reconcile (metrics): its duration and the operations applied,
+    or None when it failed."""
+
+    def reconciled(self, seconds: float, ops: Sequence[Operation] | None) -> None: ...
+
+
 @dataclass
 class Reconciler:
     """Keeps only what the kernel cannot tell: which published endpoints were applied,
@@ -84,14 +93,23 @@ class Reconciler:
         """
         self._retrying = set(self.refused)
 
+    observer: ReconcileObserver | None = None
+
     async def reconcile(self, desired: DesiredState) -> tuple[Operation, ...]:
+        started = time.monotonic()
         try:
             ops = await self._reconcile(desired)
             for key in self._retrying:  # taken by the kernel this time
                 self.refused.pop(key, None)
-            return ops
+        except WgKubeError:
+            if self.observer is not None:
+                self.observer.reconciled(time.monotonic() - started, None)
+            raise
         finally:
             self._retrying = set()
+        if self.observer is not None:
+            self.observer.reconciled(time.monotonic() - started, ops)
+        return ops
 
     async def _reconcile(self, desired: DesiredState) -> tuple[Operation, ...]:
         ifname = desired.device.name

@@ -11,11 +11,19 @@ import errno
 import ipaddress
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from wgkube.diff.model import AddAddress, AddRoute, ObservedState, Operation, UpsertPeer
+from wgkube.diff.model import (
+    AddAddress,
+    AddRoute,
+    ObservedPeer,
+    ObservedState,
+    Operation,
+    UpsertPeer,
+)
 from wgkube.domain.errors import KernelError, OperationRejected, RouteConflict
+from wgkube.domain.keys import PublicKey
 from wgkube.domain.net import IPNetwork
 from wgkube.kernel.port import Kernel
 
@@ -103,6 +111,9 @@ class FaultyKernel:
 
     async def observe(self, ifname: str) -> ObservedState:
         return await self.inner.observe(ifname)
+
+    async def peers(self, ifname: str) -> Mapping[PublicKey, ObservedPeer] | None:
+        return await self.inner.peers(ifname)
 
     async def apply(self, ifname: str, ops: Sequence[Operation]) -> None:
         for i, op in enumerate(ops):

@@ -97,6 +97,12 @@ class RtnlBackedKernel:
             ),
         )
 
+    async def peers(self, ifname: str) -> Mapping[PublicKey, ObservedPeer] | None:
+        try:
+            return (await self._wg_read(ifname)).peers
+        except DeviceNotFound:
+            return None
+
     async def apply(self, ifname: str, ops: Sequence[Operation]) -> None:
         index: int | None = None
         i = 0

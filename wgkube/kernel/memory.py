@@ -10,7 +10,7 @@ import ipaddress
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,11 +135,17 @@ class MemoryKernel:
                     persistent_keepalive=p["keepalive"],
                     preshared_key=PresharedKey.parse(p["psk"]) if p["psk"] else None,
                     last_handshake=p.get("last_handshake", 0.0),
+                    rx_bytes=p.get("rx_bytes", 0),
+                    tx_bytes=p.get("tx_bytes", 0),
                 )
                 for k, p in dev.peers.items()
             },
             routes=frozenset(ipaddress.ip_network(r) for r in dev.routes),
         )
+
+    async def peers(self, ifname: str) -> Mapping[PublicKey, ObservedPeer] | None:
+        observed = await self.observe(ifname)
+        return observed.peers if observed.exists else None
 
     async def apply(self, ifname: str, ops: Sequence[Operation]) -> None:
         self._load()
@@ -179,6 +185,16 @@ class MemoryKernel:
     def foreign_routes(self) -> dict[str, str]:
         self._load()
         return dict(self._foreign)
+
+    def record_traffic(
+        self, ifname: str, key: PublicKey, *, handshake: float, rx_bytes: int, tx_bytes: int
+    ) -> None:
+        """What a completed handshake and traffic leave in the kernel's peer counters."""
+        self._load()
+        peer = self._devices[ifname].peers[key.b64]
+        peer.update(last_handshake=handshake, rx_bytes=rx_bytes, tx_bytes=tx_bytes)
+        self._pending_writes = 0
+        self._save()
 
     # -- semantics -------------------------------------------------------------------------
     def _apply_one(self, ifname: str, op: Operation) -> None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
-from wgkube.diff.model import ObservedState, Operation
+from wgkube.diff.model import ObservedPeer, ObservedState, Operation
+from wgkube.domain.keys import PublicKey
 
 ROUTE_PROTOCOL = 87
 """rtnetlink protocol number that marks the routes wg-kube owns (`ip route ... proto 87`).
@@ -33,6 +34,11 @@ class Kernel(Protocol):
     writes: int
 
     async def observe(self, ifname: str) -> ObservedState: ...
+
+    async def peers(self, ifname: str) -> Mapping[PublicKey, ObservedPeer] | None:
+        """Only the WireGuard peers (one device dump, no addresses or routes): what a
+        metrics scrape needs. None when the interface does not exist."""
+        ...
 
     async def apply(self, ifname: str, ops: Sequence[Operation]) -> None: ...
 

@@ -109,6 +109,16 @@ class Api:
             self._core.patch_node, name, patch, _content_type="application/merge-patch+json"
         )
 
+    async def patch_node_status(self, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        """A strategic merge patch on nodes/status: conditions merge by type, so the
+        kubelet's own conditions (and other writers') are left alone."""
+        return await self._json(
+            self._core.patch_node_status,
+            name,
+            patch,
+            _content_type="application/strategic-merge-patch+json",
+        )
+
     async def list_nodes(
         self, label_selector: str | None = None, field_selector: str | None = None
     ) -> tuple[list[dict[str, Any]], str]:
@@ -234,6 +244,13 @@ class Api:
                     yield kind, obj
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 raise KubeApiError(f"watch broken: {exc}") from exc
+
+    async def list_events(
+        self, namespace: str = "default", field_selector: str | None = None
+    ) -> list[dict[str, Any]]:
+        kwargs: dict[str, Any] = {"field_selector": field_selector} if field_selector else {}
+        data = await self._json(self._core.list_namespaced_event, namespace, **kwargs)
+        return list(data.get("items") or [])
 
     async def post_event(
         self,

@@ -31,6 +31,8 @@ from wgkube.kernel.base import RtnlBackedKernel
 from wgkube.kube.address import api_server_addresses
 from wgkube.kube.client import Api, Forbidden, KubeApiError, load_configuration
 from wgkube.kube.watch import follow_config_map
+from wgkube.observe.book import HealthBook
+from wgkube.observe.metrics import Metrics, thresholds
 from wgkube.operator.loop import Guard, HubLoop
 from wgkube.operator.registry import PeerRegistry
 from wgkube.operator.settings import HubSettings
@@ -164,6 +166,7 @@ class Hub:
     api: Api
     peers: PeerRegistry
     loop: HubLoop
+    metrics: Metrics
     problems: Problems = field(default_factory=Problems)
     node: NodeBody | None = None
     """The hub's own Node as last seen (its ExternalIP gives the endpoint)."""
@@ -179,14 +182,22 @@ class Hub:
         kernel = await open_kernel(settings.backend, route_protocol=settings.route_protocol)
         log.info("WireGuard backend: %s", kernel.name)
         device = device_spec(settings, key)
-        reconciler = Reconciler(kernel)
+        peers = PeerRegistry(
+            settings.keys, settings.node_name, max_prefixes=settings.max_peer_prefixes
+        )
+        metrics = Metrics(
+            kernel,
+            settings.interface,
+            "hub",
+            HealthBook(thresholds(settings.health_handshake_limit, settings.health_keepalive)),
+            names=lambda: {r.public_key: r.node for r in peers.records()},
+            reasons=lambda: loop.stats.rejected_by_reason,
+        )
+        reconciler = Reconciler(kernel, observer=metrics.reconcile)
         await reconciler.reconcile(DesiredState(device=device, peers=None))
         ensure_forwarding(settings)
         configuration = await load_configuration(settings.kubeconfig)
         api = Api.from_configuration(configuration)
-        peers = PeerRegistry(
-            settings.keys, settings.node_name, max_prefixes=settings.max_peer_prefixes
-        )
         problems = Problems()
         loop = HubLoop(
             device=device,
@@ -200,7 +211,7 @@ class Hub:
             guard=functools.partial(read_guard, settings, kernel, str(configuration.host)),
             peer_cidrs=settings.peer_cidrs,
         )
-        return cls(settings, key, kernel, configuration, api, peers, loop, problems)
+        return cls(settings, key, kernel, configuration, api, peers, loop, metrics, problems)
 
     def announcement(self, node: NodeBody) -> dict[str, Any]:
         """The merge patch that publishes the hub on `node` as it is now (its ExternalIP)."""

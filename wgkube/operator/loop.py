@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -36,6 +37,8 @@ class LoopStats:
     last_duration: float = 0.0
     peers: int = 0
     rejected: int = 0
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    rejected_nodes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -158,6 +161,8 @@ class HubLoop:
         self.stats.last_duration = time.monotonic() - started
         self.stats.peers = len(desired.peers or {}) - len(self.reconciler.refused)
         self.stats.rejected = len(rejections)
+        self.stats.rejected_by_reason = dict(Counter(r.reason for r in rejections))
+        self.stats.rejected_nodes = sorted(r.node for r in rejections)
         if ops or self.stats.reconciles == 1:
             log.info(
                 "reconciled: %d peer(s), %d rejected, %d change(s) in %.3fs",

@@ -12,6 +12,8 @@ import kopf
 
 from wgkube.config import SettingsError, fail, parse_settings
 from wgkube.domain.errors import KernelError, KeyFileError
+from wgkube.observe.metrics import serve_metrics
+from wgkube.observe.report import HubReporter
 from wgkube.operator.hub import Hub
 from wgkube.operator.kopf_app import install
 from wgkube.operator.probes import serve_probes
@@ -80,6 +82,7 @@ async def serve(settings: HubSettings) -> None:
                     serve_probes(settings.probe_address, hub.loop, stop, hub.problems.current)
                 )
             )
+        tasks += observe(hub, stop)
         done, _ = await asyncio.wait(
             [*tasks, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
         )
@@ -92,6 +95,32 @@ async def serve(settings: HubSettings) -> None:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await hub.close()
+
+
+def observe(hub: Hub, stop: asyncio.Event) -> list[asyncio.Task[None]]:
+    """/metrics, and peer health as Events and the hub's Node condition."""
+    settings = hub.settings
+    reporter = HubReporter(
+        hub.metrics,
+        hub.api,
+        settings.keys,
+        settings.node_name,
+        uid_of=lambda name: hub.peers.ref(name).uid,
+        rejected=lambda: hub.loop.stats.rejected_nodes,
+        interval=settings.health_interval,
+        heartbeat=settings.health_heartbeat,
+    )
+
+    async def report() -> None:
+        await hub.loop.listed.wait()  # names and rejections are known only then
+        await reporter.run()
+
+    tasks = [asyncio.create_task(report(), name="peer health")]
+    if settings.metrics_address:
+        tasks.append(
+            asyncio.create_task(serve_metrics(settings.metrics_address, hub.metrics, stop))
+        )
+    return tasks
 
 
 __all__ = ["run"]

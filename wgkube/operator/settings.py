@@ -102,7 +102,26 @@ class HubSettings(NodeSettings):
     """
 
     probe_address: str = Field("0.0.0.0:9798", json_schema_extra=_env("WG_PROBE_ADDRESS"))
-    """host:port serving /healthz, /readyz and /metrics; empty disables."""
+    """host:port serving /healthz and /readyz; empty disables."""
+
+    metrics_address: str = Field("127.0.0.1:9799", json_schema_extra=_env("WG_METRICS_ADDRESS"))
+    """host:port serving /metrics; empty disables. Never all addresses by default: a public
+    hub must not show its peers to the internet (the DaemonSet binds the Node's IP)."""
+
+    health_interval: float = Field(10.0, gt=0, json_schema_extra=_env("WG_HEALTH_INTERVAL"))
+    """Seconds between looks at peer health (Events, the hub's condition)."""
+
+    health_handshake_limit: float = Field(
+        275.0, gt=0, json_schema_extra=_env("WG_HEALTH_HANDSHAKE_LIMIT")
+    )
+    """Seconds after the last handshake when a peer is down (WireGuard's 180+90+5)."""
+
+    health_keepalive: float = Field(25.0, ge=0, json_schema_extra=_env("WG_HEALTH_KEEPALIVE"))
+    """Keepalive interval the spokes send at (their WG_PERSISTENT_KEEPALIVE): a peer silent
+    for 3 of them is down sooner; 0 if spokes send none."""
+
+    health_heartbeat: float = Field(300.0, gt=0, json_schema_extra=_env("WG_HEALTH_HEARTBEAT"))
+    """Seconds between rewrites of an unchanged condition."""
 
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", json_schema_extra=_env("WG_LOG_LEVEL")

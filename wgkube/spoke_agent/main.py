@@ -9,14 +9,18 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from wgkube.config import SettingsError, fail, parse_settings
 from wgkube.desired.model import DesiredState
+from wgkube.domain.annotations import HubRecord
 from wgkube.domain.errors import KernelError, KeyFileError
-from wgkube.domain.keys import PrivateKey, load_private_key
-from wgkube.kernel import open_kernel
+from wgkube.domain.keys import PrivateKey, PublicKey, load_private_key
+from wgkube.kernel import Kernel, open_kernel
 from wgkube.kube.client import Api, KubeApiError
+from wgkube.observe.book import HealthBook
+from wgkube.observe.metrics import Metrics, serve_metrics, thresholds
+from wgkube.observe.report import SpokeReporter
 from wgkube.reconcile import Reconciler
 from wgkube.spoke_agent.agent import SpokeAgent, device_spec
 from wgkube.spoke_agent.settings import SpokeSettings
@@ -121,27 +125,69 @@ async def serve(settings: SpokeSettings, key: PrivateKey) -> None:
         loop.add_signal_handler(sig, stop.set)
     kernel = await open_kernel(settings.backend, route_protocol=settings.route_protocol)
     api = await Api.connect(settings.kubeconfig)
+    metrics = spoke_metrics(settings, kernel, lambda: agent.hub)
     agent = SpokeAgent(
         settings=settings,
         key=key,
         api=api,
-        reconciler=Reconciler(kernel, keep_refused=True),
+        reconciler=Reconciler(kernel, keep_refused=True, observer=metrics.reconcile),
         status=lambda text: notify(f"STATUS={text}"),  # `systemctl status` shows it
     )
     task = asyncio.create_task(agent.run())
     stopper = asyncio.create_task(stop.wait())
+    watchers = observe(settings, metrics, api, lambda: agent.hub, stop)
     try:
-        await asyncio.wait([task, stopper], return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait([task, stopper, *watchers], return_when=asyncio.FIRST_COMPLETED)
         if task.done():
             task.result()
     finally:
         task.cancel()
         stopper.cancel()
-        await asyncio.gather(task, stopper, return_exceptions=True)
+        for watcher in watchers:
+            watcher.cancel()
+        await asyncio.gather(task, stopper, *watchers, return_exceptions=True)
         await api.close()
         await kernel.close()
         # Stopping must not cut this node off: the interface and the hub peer stay.
         log.info("stopped; interface %s left in place", settings.interface)
+
+
+def spoke_metrics(
+    settings: SpokeSettings, kernel: Kernel, hub: Callable[[], HubRecord | None]
+) -> Metrics:
+    def names() -> dict[PublicKey, str]:
+        record = hub()
+        return {record.public_key: record.node} if record else {}
+
+    book = HealthBook(thresholds(settings.health_handshake_limit, settings.health_keepalive))
+    return Metrics(kernel, settings.interface, "spoke", book, names=names)
+
+
+def observe(
+    settings: SpokeSettings,
+    metrics: Metrics,
+    api: Api,
+    hub: Callable[[], HubRecord | None],
+    stop: asyncio.Event,
+) -> list[asyncio.Task[None]]:
+    """/metrics, and the WireGuardTunnel condition on this Node."""
+
+    def current() -> tuple[str, PublicKey] | None:
+        record = hub()
+        return (record.node, record.public_key) if record else None
+
+    reporter = SpokeReporter(
+        metrics,
+        api,
+        settings.node_name,
+        current,
+        interval=settings.health_interval,
+        heartbeat=settings.health_heartbeat,
+    )
+    tasks = [asyncio.create_task(reporter.run(), name="tunnel health")]
+    if settings.metrics_address:
+        tasks.append(asyncio.create_task(serve_metrics(settings.metrics_address, metrics, stop)))
+    return tasks
 
 
 async def down(settings: SpokeSettings, key: PrivateKey) -> None:

@@ -131,6 +131,34 @@ class SpokeSettings(NodeSettings):
     down: bool = Field(False, json_schema_extra=_env("WG_DOWN", "--down"))
     """Remove what the agent created (registration, interface, routes) and exit."""
 
+    metrics_address: str = Field(
+        "127.0.0.1:9799", json_schema_extra=_env("WG_METRICS_ADDRESS", "--metrics-address")
+    )
+    """host:port serving /metrics; empty disables."""
+
+    health_interval: float = Field(
+        10.0, gt=0, json_schema_extra=_env("WG_HEALTH_INTERVAL", "--health-interval")
+    )
+    """Seconds between looks at the tunnel (the WireGuardTunnel condition)."""
+
+    health_handshake_limit: float = Field(
+        275.0,
+        gt=0,
+        json_schema_extra=_env("WG_HEALTH_HANDSHAKE_LIMIT", "--health-handshake-limit"),
+    )
+    """Seconds after the last handshake when the tunnel is down (WireGuard's 180+90+5)."""
+
+    health_keepalive: float = Field(
+        0.0, ge=0, json_schema_extra=_env("WG_HEALTH_KEEPALIVE", "--health-keepalive")
+    )
+    """Keepalive interval the hub sends at (its WG_PERSISTENT_KEEPALIVE, off by default):
+    silent for 3 of them is down sooner; 0 turns that rule off."""
+
+    health_heartbeat: float = Field(
+        300.0, gt=0, json_schema_extra=_env("WG_HEALTH_HEARTBEAT", "--health-heartbeat")
+    )
+    """Seconds between rewrites of an unchanged WireGuardTunnel condition."""
+
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", json_schema_extra=_env("WG_LOG_LEVEL", "--log-level")
     )

@@ -90,11 +90,18 @@ class Lab:
     """Build with `make_bridge`, `start_api`, `add_node`, `start_process`; undo with `clean`."""
 
     def __init__(
-        self, workdir: Path, *, backend: Backend = "auto", hub_args: tuple[str, ...] = ()
+        self,
+        workdir: Path,
+        *,
+        backend: Backend = "auto",
+        hub_args: tuple[str, ...] = (),
+        spoke_env: dict[str, str] | None = None,
     ) -> None:
         self.workdir = workdir
         self.backend = backend
         self.hub_args = hub_args
+        self.spoke_env = spoke_env or {}
+        """Extra environment for every spoke (`{ip}` becomes the node's underlay IP)."""
         self._children: list[subprocess.Popen[bytes]] = []
         self._kernels: dict[str, Kernel] = {}
         self._in_process: EmulatedApiServer | None = None
@@ -221,6 +228,7 @@ class Lab:
                 POLL_INTERVAL="10",
                 WG_BACKEND=self.backend,
             )
+            env.update({k: v.format(ip=node.underlay) for k, v in self.spoke_env.items()})
         log = (self.workdir / "logs" / f"{node.name}.log").open("ab")
         proc = subprocess.Popen(
             ["ip", "netns", "exec", node.ns, sys.executable, "-m", "wgkube", *argv],

@@ -1,0 +1,233 @@
+"""Observability of a real hub and spokes over wireguard-go: /metrics, Events, conditions,
+`wg-kube status`, while one spoke's WireGuard underlay is cut and restored."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.system.test_hub_and_spokes import skip_unless
+from wgkube.observe.status import render_status
+from wgkube.testing.lab import HUB_WG, Lab, Node
+from wgkube.testing.netns import NetNS
+
+PREFIX = "wireguard.kube/"
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+pytestmark = [pytest.mark.userspace, pytest.mark.slow]
+
+
+def scrape(node: Node) -> str:
+    with urllib.request.urlopen(f"http://{node.underlay}:9799/metrics", timeout=10) as response:
+        return str(response.read().decode())
+
+
+def parse(text: str) -> Samples:
+    out: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def pick(samples: Samples, name: str, **labels: str) -> float | None:
+    want = set(labels.items())
+    found = [v for (n, ls), v in samples.items() if n == name and want <= ls]
+    return found[0] if len(found) == 1 else None
+
+
+async def until(what: str, probe: Callable[[], Awaitable[bool]], within: float) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if await probe():
+            return
+        await asyncio.sleep(0.25)
+    pytest.fail(f"timed out after {within:.0f}s: {what}")
+
+
+@pytest.fixture
+async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
+    lab = Lab(
+        tmp_path / "lab",
+        backend="userspace",
+        # Shortened thresholds: keepalives every second both ways, so three silent
+        # seconds are "down" on either side, long before the 275 s handshake limit.
+        hub_args=(
+            "--allowed-ips",
+            "100.96.0.0/24",
+            "--persistent-keepalive",
+            "1",
+            "--health-keepalive",
+            "1",
+            "--health-interval",
+            "0.5",
+            "--metrics-address",
+            "198.18.0.1:9799",
+        ),
+        spoke_env={
+            "WG_PERSISTENT_KEEPALIVE": "1",
+            "WG_HEALTH_KEEPALIVE": "1",
+            "WG_HEALTH_INTERVAL": "0.5",
+            "WG_METRICS_ADDRESS": "{ip}:9799",
+        },
+    )
+    try:
+        yield lab
+    finally:
+        await lab.close_kernels()
+        lab.clean()
+
+
+def promtool_check(text: str) -> str:
+    """promtool's complaints about an exposition ('' when it passes)."""
+    proc = subprocess.run(
+        ["promtool", "check", "metrics"], input=text, text=True, capture_output=True, check=False
+    )
+    return "" if proc.returncode == 0 else proc.stdout + proc.stderr
+
+
+def cut_wireguard(spoke: Node, cut: bool) -> None:
+    """Drop the spoke's WireGuard UDP in its namespace. Not `ip link set eth0 down`: the
+    API server is reached over the same underlay, and the spoke must still be able to
+    write its condition while the tunnel is cut."""
+    ns = NetNS(spoke.ns)
+    if cut:
+        script = (
+            "table inet wgkcut {\n"
+            " chain out { type filter hook output priority 0; udp dport 51820 drop; }\n"
+            " chain in { type filter hook input priority 0; udp sport 51820 drop; }\n"
+            "}\n"
+        )
+        subprocess.run(
+            ["ip", "netns", "exec", ns.name, "nft", "-f", "-"],
+            input=script,
+            text=True,
+            check=True,
+        )
+    else:
+        subprocess.run(
+            ["ip", "netns", "exec", ns.name, "nft", "delete", "table", "inet", "wgkcut"],
+            check=True,
+        )
+
+
+async def test_metrics_events_conditions_and_status_follow_a_cut_and_restored_spoke(
+    lab: Lab,
+) -> None:
+    await skip_unless("userspace")
+    if shutil.which("nft") is None:
+        pytest.skip("nft is not installed")
+    lab.make_bridge()
+    lab.start_api(in_process=True)
+    api = lab.api
+    assert api is not None
+    hub = Node("hub", "hub", 1)
+    lab.add_node(hub)
+    lab.start_process(hub)
+    spokes = [Node(f"spoke-{i}", "spoke", 10 + i) for i in (1, 2)]
+    for spoke in spokes:
+        lab.add_node(spoke)
+        lab.start_process(spoke)
+    for spoke in spokes:
+        await lab.wait_handshake(spoke, hub, within=60)
+    cut, other = spokes
+
+    def hub_state(node: str) -> str | None:
+        samples = parse(scrape(hub))
+        for state in ("up", "down", "unknown"):
+            if pick(samples, "wgkube_peer_state", node=node, state=state) == 1:
+                return state
+        return None
+
+    async def both_up() -> bool:
+        return hub_state(cut.name) == "up" and hub_state(other.name) == "up"
+
+    await until("both peers up on the hub", both_up, within=30)
+
+    # Series carry Node names; the output parses and passes promtool.
+    text = scrape(hub)
+    samples = parse(text)
+    for spoke in spokes:
+        assert pick(samples, "wgkube_peer_info", node=spoke.name, public_key=lab.public_key(spoke))
+    assert promtool_check(text) == ""
+    spoke_samples = parse(scrape(cut))
+    assert pick(spoke_samples, "wgkube_hub_state", hub=hub.name, state="up") == 1
+
+    # Values move with traffic.
+    rx_before = pick(samples, "wgkube_peer_receive_bytes_total", node=cut.name)
+    assert rx_before is not None
+    result = await lab.ping(cut, HUB_WG, count=5)
+    assert result.received == 5, result.output
+    rx_after = pick(parse(scrape(hub)), "wgkube_peer_receive_bytes_total", node=cut.name)
+    assert rx_after is not None
+    assert rx_after >= rx_before + 5 * 84
+
+    async def condition(node: Node) -> str:
+        body = api.get("nodes", node.name) or {}
+        for cond in body.get("status", {}).get("conditions") or []:
+            if cond["type"] == "WireGuardTunnel":
+                return str(cond["status"])
+        return ""
+
+    async def true_on_cut() -> bool:
+        return await condition(cut) == "True"
+
+    await until("the spoke's WireGuardTunnel condition is True", true_on_cut, within=20)
+
+    # Cut the tunnel of one spoke: down on the hub, an Event, the spoke's condition False.
+    other_states: list[str | None] = []
+    cut_wireguard(cut, True)
+    try:
+
+        async def down_everywhere() -> bool:
+            other_states.append(hub_state(other.name))
+            reasons = {e.get("reason") for e in api.events(cut.name)}
+            return (
+                hub_state(cut.name) == "down"
+                and "PeerDisconnected" in reasons
+                and await condition(cut) == "False"
+            )
+
+        await until(
+            "the cut spoke is down, has an Event and a False condition", down_everywhere, 30
+        )
+
+        async def status_shows_down() -> bool:
+            table = await render_status(lab.kubeconfig)
+            line = next(ln for ln in table.splitlines() if ln.startswith(cut.name + " "))
+            return " down " in line and "False (HandshakeStale)" in line
+
+        await until("wg-kube status shows the cut spoke down", status_shows_down, within=15)
+    finally:
+        cut_wireguard(cut, False)
+
+    async def up_again() -> bool:
+        other_states.append(hub_state(other.name))
+        reasons = [e.get("reason") for e in api.events(cut.name)]
+        return (
+            hub_state(cut.name) == "up"
+            and "PeerConnected" in reasons
+            and await condition(cut) == "True"
+        )
+
+    await until("the restored spoke is up again", up_again, within=30)
+    assert set(other_states) == {"up"}, f"the other peer left up: {other_states}"
+
+    # A removed peer's series are gone on the next scrape.
+    lab.stop_process(other)
+    api.patch_node(other.name, {"metadata": {"labels": {PREFIX + "peer": None}}})
+    key = lab.public_key(other)
+
+    async def series_gone() -> bool:
+        return f'public_key="{key}"' not in scrape(hub)
+
+    await until("the removed peer's series vanish", series_gone, within=20)
+    lab.check_alive()

@@ -1,0 +1,51 @@
+"""`wg-kube status` runs with only the read-only ClusterRole it ships, against a real
+kube-apiserver (RBAC enforced), and a user without it is refused."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from wgkube.testing.controlplane import ControlPlane
+
+ROOT = Path(__file__).resolve().parents[2]
+VIEWER = ROOT / "manifests" / "monitoring" / "status-viewer.yaml"
+
+pytestmark = pytest.mark.realapi
+
+
+def status(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "wgkube", "status", "--kubeconfig", str(kubeconfig), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def test_status_works_with_the_viewer_role_alone_and_is_refused_without(
+    real_api_server: ControlPlane,
+) -> None:
+    plane = real_api_server
+    applied = plane.kubectl("apply", "-f", str(VIEWER))
+    assert applied.returncode == 0, applied.stderr
+    user = f"viewer-{uuid.uuid4().hex[:6]}"
+    bound = plane.kubectl(
+        "create",
+        "clusterrolebinding",
+        user,
+        "--clusterrole=wg-kube-status-viewer",
+        f"--user={user}",
+    )
+    assert bound.returncode == 0, bound.stderr
+    ok = status(plane.kubeconfig_for(user, groups=()), "-o", "json")
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip().startswith("[")
+    refused = status(plane.kubeconfig_for(f"nobody-{user}", groups=()))
+    assert refused.returncode == 1
+    assert "403" in refused.stderr
