@@ -37,8 +37,8 @@ async def _start(**_: Any) -> None:
     _running["hub"] = hub
     if not await hub.announce_until_done(asyncio.Event()):
         raise kopf.PermanentError("cannot announce the hub")
-    task = asyncio.create_task(hub.loop.run(), name="reconcile loop")
-    _tasks.add(task)
+    _tasks.add(asyncio.create_task(hub.loop.run(), name="reconcile loop"))
+    _tasks.add(asyncio.create_task(hub.keep_published(), name="announcement"))
 
 
 @kopf.on.cleanup()
