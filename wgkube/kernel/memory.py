@@ -207,7 +207,7 @@ class MemoryKernel:
             raise DeviceNotFound(f"interface {ifname} does not exist")
         match op:
             case SetMtu(mtu):
-                if not MIN_MTU <= mtu <= MAX_MTU:  # as a TUN or wireguard link answers
+                if not MIN_MTU <= mtu <= MAX_MTU:  # as a TUN device answers
                     answer = "Invalid argument (errno 22)"
                     raise OperationRejected(f"set mtu {mtu}: {answer}", answer=answer)
                 dev.mtu = mtu
