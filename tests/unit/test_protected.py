@@ -326,3 +326,12 @@ async def test_the_api_server_address_comes_from_the_configured_host(
     assert {str(a) for a in found if a.version == 4 or url.startswith("https://[")} == set(
         addresses
     )
+
+
+def test_an_endpoint_both_published_and_learned_is_named_as_published() -> None:
+    message = rejection_of(
+        ("203.0.113.0/24",),
+        others=(("10.1.0.0/24", "203.0.113.7:51820"),),
+        learned={100: "203.0.113.7:51820"},
+    )
+    assert message == "allowed-ips 203.0.113.0/24 covers the endpoint 203.0.113.7 of node 'o0'"

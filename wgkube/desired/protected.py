@@ -102,7 +102,8 @@ class ProtectedIndex:
 
     def __init__(self, protected: Iterable[Protected]) -> None:
         items = sorted(
-            set(protected), key=lambda p: (p.network.version, int(p.network.network_address))
+            set(protected),
+            key=lambda p: (p.network.version, int(p.network.network_address), p.what),
         )
         self._keys: dict[int, list[int]] = {4: [], 6: []}
         self._hosts: dict[int, list[Protected]] = {4: [], 6: []}
