@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from wgkube.desired.protected import HostAddress, HostRoute
+from wgkube.desired.protected import PROTOCOL_NAMES, HostAddress, HostRoute
 from wgkube.domain.errors import DeviceNotFound, KernelError, OperationRejected, RouteConflict
 from wgkube.domain.net import IPAddress, IPInterface, IPNetwork
 
@@ -29,26 +29,6 @@ REJECTED_ERRNOS = frozenset(
     {errno.EINVAL, errno.ERANGE, errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EMSGSIZE}
 )
 """Answers about the values of one request, not the device: OperationRejected."""
-
-PROTOCOL_NAMES = {
-    0: "unspec",
-    1: "redirect",
-    2: "kernel",
-    3: "boot",
-    4: "static",
-    8: "gated",
-    9: "ra",
-    11: "zebra",
-    12: "bird",
-    16: "dhcp",
-    18: "keepalived",
-    42: "babel",
-    186: "bgp",
-    187: "isis",
-    188: "ospf",
-    189: "rip",
-}
-"""iproute2's names (/etc/iproute2/rt_protos), so a conflict reads as `ip route` shows it."""
 
 LOCAL_TABLE = 255
 RTN_UNICAST = 1
@@ -334,6 +314,7 @@ class Rtnl:
                             device=names.get(oif, "?"),
                             protocol=int(msg["proto"]),
                             gateways=gateways,
+                            table=int(msg.get_attr("RTA_TABLE") or msg["table"]),
                         )
                     )
         except NetlinkError as exc:
