@@ -307,7 +307,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = Path(args.workdir).resolve()
     why = can_make_namespaces()
     if why:
-        return fail(f"{why}: run it as root (sudo make demo)")
+        return fail(
+            f"{why}: run it as root (sudo make demo)" if os.geteuid() else missing_tools() or why
+        )
     if args.clean:
         return clean_command(workdir)
     if remove_recorded(workdir):
