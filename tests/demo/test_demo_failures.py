@@ -16,7 +16,7 @@ import pytest
 
 from tests.demo.test_demo import ROOT, what_is_left
 from wgkube.kernel import kernel_wireguard_unavailable
-from wgkube.testing.lab import Lab, LabError, Node
+from wgkube.testing.lab import Lab, LabError, LabState, Node
 from wgkube.testing.netns import can_make_namespaces
 
 needs_root = pytest.mark.skipif(can_make_namespaces() is not None, reason="needs root and ip")
@@ -128,3 +128,31 @@ def test_a_node_whose_wg_kube_exited_is_one_line_with_its_last_words_and_log(
     assert str(raised.value) == (
         f"wg-kube spoke on spoke-1 exited with status 1 (wg-kube spoke: it broke); log: {log}"
     )
+
+
+@needs_root
+def test_a_record_left_by_a_reboot_is_removed_without_signalling_whoever_has_its_pids(
+    tmp_path: Path,
+) -> None:
+    # After a reboot the namespaces and processes are gone; their pids may belong to
+    # anyone by now, and must not be signalled.
+    workdir = tmp_path / "demo"
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        state = LabState(
+            str(workdir),
+            bridge=True,
+            api_pid=bystander.pid,
+            nodes=[Node("hub", "hub", 1, ns="wgkdemo-hub", pid=bystander.pid)],
+        )
+        workdir.mkdir()
+        state.save()
+        (workdir / "kubeconfig").write_text("current-context: gone\n")
+        cleaned = demo(workdir, "--clean")
+        assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr
+        assert cleaned.stdout.strip() == "demo removed"
+        assert bystander.poll() is None
+        assert os.listdir(workdir) == []
+    finally:
+        bystander.kill()
+        bystander.wait()

@@ -348,3 +348,17 @@ def test_a_bad_start_up_input_ends_in_one_line_naming_it_and_the_fix(
         device = MemoryDevice(world.root / "memory.json", world.interface).device()
         assert device is not None, output
         assert device["addresses"] == ["100.96.0.2/32"], output
+
+
+def test_spoke_down_removes_the_interface_even_when_the_kubeconfig_is_bad(world: World) -> None:
+    kubeconfig_empty_object(world)
+    args, env = argv("spoke", world)
+    up = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
+    assert up.returncode == 1, up.stderr
+    device = MemoryDevice(world.root / "memory.json", world.interface)
+    assert device.device() is not None, up.stderr
+    down = subprocess.run([*args, "--down"], env=env, capture_output=True, text=True, timeout=60)
+    assert down.returncode == 0, down.stderr
+    assert "Traceback" not in down.stderr
+    assert "cannot unregister node spoke: kubeconfig" in down.stderr
+    assert device.device() is None, down.stderr

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from wgkube.config import SettingsError, fail, parse_settings
 from wgkube.desired.model import DesiredState
+from wgkube.domain.errors import KubeconfigError
 from wgkube.domain.keys import PrivateKey, load_private_key
 from wgkube.kernel import check_ipv6, open_kernel
 from wgkube.kube.client import Api, KubeApiError
@@ -165,7 +166,8 @@ async def down(settings: SpokeSettings, key: PrivateKey) -> None:
                 },
             )
         log.info("unregistered node %s", settings.node_name)
-    except KubeApiError as exc:
+    except (KubeApiError, KubeconfigError) as exc:
+        # Removing the interface must not depend on a working kubeconfig.
         log.warning("cannot unregister node %s: %s", settings.node_name, exc)
     kernel = await open_kernel(settings.backend, route_protocol=settings.route_protocol)
     try:
