@@ -26,6 +26,7 @@ from wgkube.domain.errors import (
     KubeconfigError,
     NotPermitted,
     PortInUse,
+    SetupError,
     WgKubeError,
 )
 from wgkube.kube.client import Api, KubeApiError
@@ -98,12 +99,17 @@ def run_checked(prog: str, model: type[BaseModel], body: Callable[[], int]) -> i
 async def check_api(api: Api, kubeconfig: Path | None, node_name: str) -> None:
     """One GET of our own Node, to learn at start whether the kubeconfig leads anywhere.
 
-    Raises KubeconfigError when the server cannot be reached (after REACH_WITHIN seconds of
-    trying), its certificate is not trusted or it refuses the credentials. Any other answer
-    (404 before the kubelet registers the Node, 403, 503) shows a server that is there:
-    the callers' own retries take it from here.
+    Raises KubeconfigError (SetupError in-cluster) when the server cannot be reached
+    (after REACH_WITHIN seconds of trying), its certificate is not trusted or it refuses
+    the credentials. Any other answer (404 before the kubelet registers the Node, 403,
+    503) shows a server that is there: the callers' own retries take it from here.
     """
-    source = str(kubeconfig) if kubeconfig is not None else "(in-cluster service account)"
+
+    def unusable(problem: str) -> SetupError:
+        if kubeconfig is None:
+            return SetupError(f"the in-cluster service account {problem}")
+        return KubeconfigError(str(kubeconfig), problem)
+
     deadline = time.monotonic() + REACH_WITHIN
     delay = 0.2
     while True:
@@ -112,22 +118,19 @@ async def check_api(api: Api, kubeconfig: Path | None, node_name: str) -> None:
             return
         except KubeApiError as exc:
             if exc.status == 401:
-                raise KubeconfigError(
-                    source,
+                raise unusable(
                     f"is refused by the API server {api.server} ({exc}): "
                     "renew its token or client certificate",
                 ) from exc
             if exc.status is not None:
                 return
             if isinstance(exc.__cause__, ssl.SSLError):
-                raise KubeconfigError(
-                    source,
+                raise unusable(
                     f"does not trust the API server {api.server}: {exc}: "
                     "put the cluster's CA in certificate-authority-data",
                 ) from exc
             if time.monotonic() + delay > deadline:
-                raise KubeconfigError(
-                    source,
+                raise unusable(
                     f"names the API server {api.server}, which cannot be reached ({exc}): "
                     "check its server: address and that the API server is running",
                 ) from exc

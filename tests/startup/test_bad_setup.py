@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.procs import MemoryDevice, base_env
+from wgkube.testing.apiserver import EmulatedApiServer
 from wgkube.testing.netns import NetNS, can_make_namespaces, create_netns
 
 NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
@@ -140,6 +141,13 @@ def kubeconfig_server_unreachable(w: World) -> None:
 def kubeconfig_server_with_a_bad_certificate(w: World) -> None:
     port = serve_untrusted_tls(w)
     w.kubeconfig.write_text(kubeconfig_text(f"https://127.0.0.1:{port}"))
+
+
+def kubeconfig_with_refused_credentials(w: World) -> None:
+    server = EmulatedApiServer()  # knows only its own admin token
+    server.__enter__()
+    w.cleanups.append(lambda: server.__exit__(None, None, None))
+    w.kubeconfig.write_text(kubeconfig_text(server.url))
 
 
 def key_dir_unwritable(w: World) -> None:
@@ -280,6 +288,9 @@ CASES = {
     ),
     "kubeconfig with a bad certificate": Case(
         kubeconfig_server_with_a_bad_certificate, "does not trust the API server", KUBECONFIG
+    ),
+    "kubeconfig with refused credentials": Case(
+        kubeconfig_with_refused_credentials, "is refused by the API server", KUBECONFIG
     ),
     "key dir unwritable": Case(
         key_dir_unwritable, "cannot create private key file", "--private-key-file"
