@@ -28,13 +28,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from wgkube.domain.annotations import DEFAULT_PREFIX
+from wgkube.domain.annotations import DEFAULT_PREFIX, Keys
 from wgkube.domain.errors import WgKubeError
 from wgkube.kernel import kernel_wireguard_unavailable, userspace_unavailable
+from wgkube.kube.client import Api
+from wgkube.observe.status import collect, render_table
 from wgkube.testing.lab import (
     API_PORT,
     BRIDGE,
     HUB_WG,
+    SLOW,
     UNDERLAY,
     Lab,
     LabState,
@@ -46,6 +49,8 @@ from wgkube.testing.lab import (
 from wgkube.testing.netns import NetNS, PingStream, can_make_namespaces
 
 PING_INTERVAL = 0.01
+STATUS_WAIT = 10.0
+"""Seconds the status table may wait for the API to show every spoke up."""
 ORIGINAL_COST = (
     "the original Go controller restarts the interface on every peer change (wg-quick "
     "down/up); measured by make bench with kernel WireGuard, that cuts a spoke the hub "
@@ -65,43 +70,23 @@ class Demo(Lab):
         self.failure = ""
         """Why a run that completed did not pass (a ping lost)."""
 
-    async def status_table(self, hub: Node) -> list[dict[str, str]]:
-        observed = await self.observe(hub)
-        by_key = {p.public_key.b64: p for p in observed.peers.values()}
-        rows = [
-            {
-                "node": hub.name,
-                "role": "hub",
-                "address": hub.wg_address,
-                "public key": self.public_key(hub)[:10] + "…",
-                "endpoint": f"{hub.underlay}:51820",
-                "allowed ips": "100.96.0.0/24",
-                "handshake": "-",
-                "rx/tx": "-",
-            }
-        ]
-        now = time.time()
-        for node in self.state.nodes:
-            if node.role != "spoke":
-                continue
-            peer = by_key.get(self.public_key(node))
-            rows.append(
-                {
-                    "node": node.name,
-                    "role": "spoke",
-                    "address": node.wg_address,
-                    "public key": self.public_key(node)[:10] + "…",
-                    "endpoint": str(peer.endpoint) if peer and peer.endpoint else "(learning)",
-                    "allowed ips": ",".join(map(str, sorted(peer.allowed_ips, key=str)))
-                    if peer
-                    else "-",
-                    "handshake": f"{now - peer.last_handshake:.0f}s ago"
-                    if peer and peer.last_handshake
-                    else "never",
-                    "rx/tx": f"{_size(peer.rx_bytes)}/{_size(peer.tx_bytes)}" if peer else "-",
-                }
-            )
-        return rows
+    async def print_status(self, spokes: int) -> None:
+        """`wg-kube status` as a user would run it: the overlay from the API alone.
+
+        The hub and the spokes publish peer state on transitions, so give them a moment
+        to report every spoke up before printing (what is printed is what the API says).
+        """
+        async with await Api.connect(self.kubeconfig) as api:
+            deadline = time.monotonic() + STATUS_WAIT * SLOW
+            while True:
+                rows = await collect(api, Keys())
+                up = [r for r in rows if r.get("role") == "peer" and r.get("state") == "up"]
+                if len(up) >= spokes or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.2)
+        say("  $ wg-kube status")
+        for line in render_table(rows).splitlines():
+            say("  " + line)
 
     async def show(self) -> bool:
         try:
@@ -137,7 +122,7 @@ class Demo(Lab):
         for spoke in spokes:
             await self.wait_handshake(spoke, hub)
         say("  every spoke has completed a handshake with the hub\n")
-        print_table(await self.status_table(hub))
+        await self.print_status(len(spokes))
 
         say("\nping over the tunnel (5 each):")
         ok = True
@@ -193,7 +178,7 @@ class Demo(Lab):
                 f"pings lost: {pings} before the change, {lost} of {sent} during it; "
                 f"logs: {self.workdir / 'logs'}"
             )
-        print_table(await self.status_table(hub))
+        await self.print_status(len(spokes) + 1)
         self.summary = {
             "backend": backend,
             "pings": pings,
@@ -201,24 +186,6 @@ class Demo(Lab):
             "ok": ok,
         }
         return ok
-
-
-def print_table(rows: list[dict[str, str]]) -> None:
-    if not rows:
-        return
-    cols = list(rows[0])
-    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in cols}
-    say("  " + "  ".join(c.upper().ljust(widths[c]) for c in cols))
-    for row in rows:
-        say("  " + "  ".join(row[c].ljust(widths[c]) for c in cols))
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB"):
-        if n < 1024:
-            return f"{n}{unit}"
-        n //= 1024
-    return f"{n}GiB"
 
 
 RUN_FILES = ("logs", "keys", "kubeconfig", "state.json", "state.tmp")
