@@ -5,13 +5,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-USAGE = """usage: wg-kube {hub,spoke,version} [options]
+USAGE = """usage: wg-kube {hub,spoke,router,version} [options]
 
   hub      run the hub operator (Kopf) on the hub node
   spoke    run the spoke agent on a spoke node
+  router   route the overlay via the hub on an ordinary cluster node
   version  print the version
 
-`wg-kube hub --help` and `wg-kube spoke --help` list the options.
+`wg-kube hub --help`, `wg-kube spoke --help` and `wg-kube router --help` list the options.
 """
 
 
@@ -34,6 +35,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from wgkube.spoke_agent.main import run as run_spoke
 
         return run_spoke(rest)
+    if command == "router":
+        from wgkube.router.main import run as run_router
+
+        return run_router(rest)
     print(f"wg-kube: unknown command {command!r}\n\n{USAGE}", end="", file=sys.stderr)
     return 2
 
