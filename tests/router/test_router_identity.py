@@ -10,26 +10,19 @@ import asyncio
 import ipaddress
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from tests.router.memory import MemoryTable
 from tests.support.controlplane import require_control_plane
 from tests.unit.builders import pub
 from wgkube.desired.router import GatewayRoute
-from wgkube.diff.gateway import (
-    AddGatewayRoute,
-    ChangeGateway,
-    GatewayOperation,
-    RemoveGatewayRoute,
-)
 from wgkube.domain import announcement
 from wgkube.domain.annotations import HubRecord
-from wgkube.domain.net import IPNetwork
-from wgkube.kernel.gateway import GatewayTable
 from wgkube.kube.client import Api
 from wgkube.router.agent import Router
 from wgkube.router.settings import RouterSettings
@@ -42,32 +35,6 @@ ROUTER_USER = "system:serviceaccount:wg-kube:wg-kube-router"
 LINK = ipaddress.ip_network("10.240.0.0/16")
 
 pytestmark = pytest.mark.realapi
-
-
-class MemoryTable(GatewayTable):
-    """The route table of a host with one connected network, in memory."""
-
-    def __init__(self, connected: Sequence[IPNetwork]) -> None:
-        super().__init__()
-        self.routes: set[GatewayRoute] = set()
-        self._connected = frozenset(connected)
-
-    async def observe(self) -> frozenset[GatewayRoute]:
-        return frozenset(self.routes)
-
-    async def connected(self) -> frozenset[IPNetwork]:
-        return self._connected
-
-    async def apply(self, ops: Sequence[GatewayOperation]) -> None:
-        for op in ops:
-            if isinstance(op, AddGatewayRoute):
-                self.routes.add(op.route)
-            elif isinstance(op, RemoveGatewayRoute):
-                self.routes.discard(op.route)
-            elif isinstance(op, ChangeGateway):
-                self.routes.discard(GatewayRoute(op.network, op.old))
-                self.routes.add(GatewayRoute(op.network, op.new))
-            self.writes += 1
 
 
 @pytest.fixture
