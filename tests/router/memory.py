@@ -12,6 +12,7 @@ from wgkube.diff.gateway import (
     GatewayOperation,
     RemoveGatewayRoute,
 )
+from wgkube.domain.errors import RouteConflict
 from wgkube.domain.net import IPNetwork
 from wgkube.kernel.gateway import GatewayTable
 
@@ -22,6 +23,8 @@ class MemoryTable(GatewayTable):
     def __init__(self, connected: Sequence[IPNetwork]) -> None:
         super().__init__()
         self.routes: set[GatewayRoute] = set()
+        self.foreign: set[IPNetwork] = set()
+        """Prefixes someone else holds a route to: adding ours is a RouteConflict."""
         self._connected = frozenset(connected)
 
     async def observe(self) -> frozenset[GatewayRoute]:
@@ -33,6 +36,8 @@ class MemoryTable(GatewayTable):
     async def apply(self, ops: Sequence[GatewayOperation]) -> None:
         for op in ops:
             if isinstance(op, AddGatewayRoute):
+                if op.route.network in self.foreign:
+                    raise RouteConflict(f"route {op.route.network} is not wg-kube's")
                 self.routes.add(op.route)
             elif isinstance(op, RemoveGatewayRoute):
                 self.routes.discard(op.route)

@@ -40,6 +40,7 @@ from wgkube.testing.lab import (
     INTERNET,
     ROUTER_PROBE_PORT,
     SLOW,
+    TWO_UNDERLAY_HUB_ARGS,
     UNDERLAY,
     Lab,
     Node,
@@ -50,8 +51,8 @@ ROOT = Path(__file__).resolve().parents[2]
 ROUTER_USER = "system:serviceaccount:wg-kube:wg-kube-router"
 OVERLAY = "100.96.0.0/24"
 CLUSTER = f"{UNDERLAY}.0/24"
-HUB_ARGS = ("--allowed-ips", f"{OVERLAY},{CLUSTER}", "--router-prefixes", OVERLAY)
-"""What a hub advertises so spokes route the cluster's node network through it, and the
+HUB_ARGS = TWO_UNDERLAY_HUB_ARGS
+"""What the hub advertises so spokes route the cluster's node network through it, and the
 aggregate it tells ordinary nodes to route through it (the README's recipe)."""
 VXLAN_OVERHEAD = 50
 """Outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14 bytes."""
@@ -238,6 +239,9 @@ async def test_ordinary_nodes_and_spokes_reach_each_other_once_the_routers_route
         assert body["hub"] == hub.name
         assert body["gateway"] == f"{UNDERLAY}.1"
         assert body["routes"] == [f"{OVERLAY} via {UNDERLAY}.1"]
+    for spoke in spokes:
+        # The hub's allowed-ips: spokes route the cluster's node network into the tunnel.
+        assert f"{CLUSTER} dev {spoke.ifname}" in our_routes(spoke)
     for node in nodes:
         for spoke in spokes:
             there = await lab.ping(node, spoke.wg_address, count=3)

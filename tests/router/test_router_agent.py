@@ -14,6 +14,7 @@ from tests.unit.builders import pub
 from wgkube.desired.router import GatewayRoute
 from wgkube.domain import announcement
 from wgkube.domain.annotations import HubRecord
+from wgkube.domain.errors import OperationRejected
 from wgkube.kube.client import Api
 from wgkube.router.agent import Router
 from wgkube.router.settings import RouterSettings
@@ -129,3 +130,18 @@ def test_status_lines_say_what_the_router_does() -> None:
     router.status = lines.append
     router._state()
     assert lines == ["not ready: no reconcile has completed yet"]
+
+
+async def test_a_conflicting_route_holds_back_no_other_and_is_reported_until_it_goes() -> None:
+    aggregate = ipaddress.ip_network("10.244.128.0/17")
+    router, table = make(prefixes=(OVERLAY, aggregate))
+    table.foreign.add(aggregate)
+    await router._listed([config_map(hub())])
+    with pytest.raises(OperationRejected, match=r"10\.244\.128\.0/17 is not wg-kube's"):
+        await router.reconcile()
+    assert table.routes == via("10.240.0.4")
+    table.foreign.clear()
+    await router.reconcile()
+    assert table.routes == via("10.240.0.4") | {
+        GatewayRoute(aggregate, ipaddress.ip_address("10.240.0.4"))
+    }

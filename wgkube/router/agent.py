@@ -17,7 +17,7 @@ from wgkube.desired.router import RouterDesired, router_routes
 from wgkube.diff.gateway import GatewayOperation, plan_gateway_routes
 from wgkube.domain import announcement
 from wgkube.domain.annotations import HubRecord
-from wgkube.domain.errors import AnnouncementError, WgKubeError
+from wgkube.domain.errors import AnnouncementError, OperationRejected, WgKubeError
 from wgkube.kernel.gateway import GatewayTable
 from wgkube.kube.client import Api, Forbidden, KubeApiError
 from wgkube.kube.watch import follow_config_map
@@ -164,18 +164,29 @@ class Router:
         )
         observed = await self.table.observe()
         ops = plan_gateway_routes(desired.routes, observed)
+        rejected: list[str] = []
         if ops:
             log.info("applying %d route change(s)", len(ops))
             for op in ops:
                 log.info("  %s", op)
-            await self.table.apply(ops)
+            for op in ops:
+                # One refused route (a conflict with someone else's) must not hold back
+                # the others; it is retried on every resync.
+                try:
+                    await self.table.apply([op])
+                except OperationRejected as exc:
+                    rejected.append(f"{op}: {exc}")
         elif self.reconciles == 0 and observed:
             log.info("adopted %d route(s) as they are: %s", len(observed), _routes(observed))
         self.reconciles += 1
-        self._report(desired, ops)
+        self._report(desired, ops, complete=not rejected)
+        if rejected:
+            raise OperationRejected("refused: " + "; ".join(rejected))
         return ops
 
-    def _report(self, desired: RouterDesired, ops: tuple[GatewayOperation, ...]) -> None:
+    def _report(
+        self, desired: RouterDesired, ops: tuple[GatewayOperation, ...], *, complete: bool
+    ) -> None:
         for net, why in desired.skipped:
             self._once("not routing %s via the hub: %s", net, why)
         if desired.problem:
@@ -184,7 +195,7 @@ class Router:
             self._once("%s: no routes", note, level=logging.INFO)
         changed = self.last is None or self.last != desired
         self.last = desired
-        if desired.ready and (ops or changed) and desired.routes is not None:
+        if complete and desired.ready and (ops or changed) and desired.routes is not None:
             log.info(
                 "routes in place via hub %s (%s): %s (%d change(s))",
                 desired.hub,
@@ -214,6 +225,7 @@ class Router:
             await asyncio.gather(follower, return_exceptions=True)
 
     async def _loop(self) -> None:
+        backoff = 1.0
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.poll_interval):
@@ -223,13 +235,17 @@ class Router:
                 await self.reconcile()
                 if self.failure is not None:
                     log.info("reconcile succeeded again")
+                    self._said.discard(f"{self.failure}; retrying")
                     self.failure = None
                     self._state()
+                backoff = 1.0
             except WgKubeError as exc:
                 self.failure = f"reconcile failed: {exc}"
-                log.error("%s; retrying", self.failure)
+                self._once("%s; retrying", self.failure, level=logging.ERROR)
                 self._state()
-                await asyncio.sleep(1.0)
+                # A conflict lasts until someone removes the other route: ask slowly.
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.settings.poll_interval)
                 self._wakeup.set()
 
 

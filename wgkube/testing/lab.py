@@ -35,6 +35,14 @@ INTERNET = "198.18.1"
 hub's public side and the spokes, while BRIDGE is the cluster's node network. Only the
 hub is on both, so nothing but the tunnel joins spokes and cluster nodes."""
 ROUTER_PROBE_PORT = 9799
+TWO_UNDERLAY_HUB_ARGS = (
+    "--allowed-ips",
+    f"100.96.0.0/24,{UNDERLAY}.0/24",
+    "--router-prefixes",
+    "100.96.0.0/24",
+)
+"""`Lab(hub_args=...)` for the two-underlay layout: spokes route the cluster's node network
+through the hub, and ordinary nodes (`start_router`) route the overlay via its InternalIP."""
 SLOW = 5.0 if os.environ.get("WGKUBE_IN_VM") else 1.0
 """Inside the emulated (TCG) test VM, starting Python alone takes many seconds."""
 
