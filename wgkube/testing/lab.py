@@ -4,6 +4,11 @@ process, and the real `wg-kube` processes inside the namespaces (for the demo an
 Addresses come from 198.18.0.0/24 (the benchmarking range): nothing outside this machine
 is ever addressed. wireguard-go's UAPI sockets live in one directory shared by every
 namespace, so each node gets its own interface name. Needs root.
+
+Optionally (`make_internet`, `place`, `start_router`, TWO_UNDERLAY_HUB_ARGS) a second
+bridge stands for the internet: the hub on both, spokes out there, ordinary cluster
+nodes running `wg-kube router` on the node network (tests/router, and a demo of the
+Cilium path).
 """
 
 from __future__ import annotations
