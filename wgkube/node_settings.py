@@ -41,7 +41,12 @@ class NodeSettings(BaseModel):
         return value
 
     @field_validator(
-        "allowed_ips", "hub_allowed_ips", "peer_cidrs", mode="before", check_fields=False
+        "allowed_ips",
+        "hub_allowed_ips",
+        "peer_cidrs",
+        "router_prefixes",
+        mode="before",
+        check_fields=False,
     )
     @classmethod
     def _networks(cls, value: Any) -> Any:

@@ -104,6 +104,12 @@ class HubRecord(BaseModel):
     public_key: PublicKey
     endpoint: Endpoint | None
     allowed_ips: tuple[IPNetwork, ...]
+    internal_ip: IPAddress | None = None
+    """The hub's InternalIP on the cluster's node network: the gateway ordinary nodes
+    route the overlay through (`wg-kube router`); None when not announced."""
+    router_prefixes: tuple[IPNetwork, ...] | None = None
+    """What ordinary nodes route through the hub, when the hub says (an aggregate of the
+    spokes' addresses and pod CIDRs); None: its allowed-ips."""
 
 
 def node_name(node: NodeBody) -> str:

@@ -7,7 +7,12 @@ hubs, so several hubs fit later without a new format:
 
     data:
       hubs.json: {"version": 1, "hubs": [{"node": "hub-1", "publicKey": "…",
-                  "endpoint": "203.0.113.1:51820", "allowedIPs": ["100.96.0.0/24"]}]}
+                  "endpoint": "203.0.113.1:51820", "allowedIPs": ["100.96.0.0/24"],
+                  "internalIP": "10.240.0.4", "routerPrefixes": ["100.96.0.0/24"]}]}
+
+`internalIP` and `routerPrefixes` are optional (`wg-kube router` reads them: ordinary
+nodes route `routerPrefixes`, else `allowedIPs`, via `internalIP`); they are written only
+when set, so a hub without them writes the same bytes as before.
 
 Unknown fields are ignored (a newer hub may add some); an unknown version is refused,
 since its meaning is unknown.
@@ -15,6 +20,7 @@ since its meaning is unknown.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -22,7 +28,13 @@ from typing import Any
 from wgkube.domain.annotations import HubRecord
 from wgkube.domain.errors import AnnouncementError, InvalidInput
 from wgkube.domain.keys import PublicKey
-from wgkube.domain.net import Endpoint, normalize_networks, parse_networks
+from wgkube.domain.net import (
+    Endpoint,
+    IPAddress,
+    IPNetwork,
+    normalize_networks,
+    parse_networks,
+)
 
 NAMESPACE = "wg-kube"
 """The namespace of the announcement ConfigMap (the hub's own, as the manifests ship it)."""
@@ -36,17 +48,23 @@ VERSION = 1
 
 def encode(hubs: Iterable[HubRecord]) -> dict[str, str]:
     """The ConfigMap `data` announcing `hubs` (sorted by Node name: stable bytes, no churn)."""
-    entries = [
-        {
-            "node": hub.node,
-            "publicKey": hub.public_key.b64,
-            "endpoint": None if hub.endpoint is None else str(hub.endpoint),
-            "allowedIPs": [str(net) for net in normalize_networks(hub.allowed_ips)],
-        }
-        for hub in sorted(hubs, key=lambda h: h.node)
-    ]
+    entries = [_entry(hub) for hub in sorted(hubs, key=lambda h: h.node)]
     document = {"version": VERSION, "hubs": entries}
     return {DATA_KEY: json.dumps(document, sort_keys=True, separators=(",", ":"))}
+
+
+def _entry(hub: HubRecord) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "node": hub.node,
+        "publicKey": hub.public_key.b64,
+        "endpoint": None if hub.endpoint is None else str(hub.endpoint),
+        "allowedIPs": [str(net) for net in normalize_networks(hub.allowed_ips)],
+    }
+    if hub.internal_ip is not None:
+        entry["internalIP"] = str(hub.internal_ip)
+    if hub.router_prefixes is not None:
+        entry["routerPrefixes"] = [str(n) for n in normalize_networks(hub.router_prefixes)]
+    return entry
 
 
 def decode(data: Mapping[str, Any] | None) -> tuple[HubRecord, ...]:
@@ -101,11 +119,32 @@ def _hub(index: int, entry: Any) -> HubRecord:
             public_key=PublicKey.parse(key),
             endpoint=Endpoint.parse(endpoint) if endpoint else None,
             allowed_ips=parse_networks(",".join(allowed)),
+            internal_ip=_internal_ip(where, entry.get("internalIP")),
+            router_prefixes=_router_prefixes(where, entry.get("routerPrefixes")),
         )
     except AnnouncementError:
         raise
     except InvalidInput as exc:
         raise AnnouncementError(f"{where}: {exc}") from exc
+
+
+def _internal_ip(where: str, value: Any) -> IPAddress | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise AnnouncementError(f"{where}: 'internalIP' is not a string")
+    try:
+        return ipaddress.ip_address(value)
+    except ValueError as exc:
+        raise AnnouncementError(f"{where}: 'internalIP' {value!r} is not an IP address") from exc
+
+
+def _router_prefixes(where: str, value: Any) -> tuple[IPNetwork, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(cidr, str) for cidr in value):
+        raise AnnouncementError(f"{where}: 'routerPrefixes' is not a list of CIDRs")
+    return parse_networks(",".join(value)) if value else ()
 
 
 def with_hub(hubs: Iterable[HubRecord], hub: HubRecord) -> tuple[HubRecord, ...]:

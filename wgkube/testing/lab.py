@@ -10,6 +10,11 @@ the hub reports a handshake), never by a file that may be left from an earlier r
 a lab makes is recorded in `state.json` as it is made, so `clean` (also from another
 process, after a `kill -9`) removes all of it; `sweep` removes what carries the lab's
 names even without that record.
+
+Optionally (`make_internet`, `place`, `start_router`, TWO_UNDERLAY_HUB_ARGS) a second
+bridge stands for the internet: the hub on both, spokes out there, ordinary cluster
+nodes running `wg-kube router` on the node network (tests/router, and a demo of the
+Cilium path).
 """
 
 from __future__ import annotations
@@ -39,6 +44,21 @@ SOCKET_DIR = Path("/var/run/wireguard")
 UNDERLAY = "198.18.0"
 HUB_WG = "100.96.0.1"
 API_PORT = 16443
+INTERNET_BRIDGE = "wgkdemo1"
+INTERNET_VETH_PREFIX = "wgki-"
+INTERNET = "198.18.1"
+"""The optional second underlay (`make_internet`): it stands for the internet between the
+hub's public side and the spokes, while BRIDGE is the cluster's node network. Only the
+hub is on both, so nothing but the tunnel joins spokes and cluster nodes."""
+ROUTER_PROBE_PORT = 9799
+TWO_UNDERLAY_HUB_ARGS = (
+    "--allowed-ips",
+    f"100.96.0.0/24,{UNDERLAY}.0/24",
+    "--router-prefixes",
+    "100.96.0.0/24",
+)
+"""`Lab(hub_args=...)` for the two-underlay layout: spokes route the cluster's node network
+through the hub, and ordinary nodes (`start_router`) route the overlay via its InternalIP."""
 SLOW = 5.0 if os.environ.get("WGKUBE_IN_VM") else 1.0
 """Inside the emulated (TCG) test VM, starting Python alone takes many seconds."""
 
@@ -50,10 +70,22 @@ class Node:
     index: int
     ns: str = ""
     pid: int = 0
+    site: str = "cluster"
+    """With `place`: "cluster" (the node network), "internet" (a spoke out there) or
+    "both" (the hub: InternalIP on the node network, ExternalIP on the internet)."""
 
     @property
     def underlay(self) -> str:
-        return f"{UNDERLAY}.{self.index}"
+        return f"{INTERNET if self.site == 'internet' else UNDERLAY}.{self.index}"
+
+    @property
+    def public(self) -> str:
+        """The address on the internet bridge (sites "internet" and "both")."""
+        return f"{INTERNET}.{self.index}"
+
+    @property
+    def internet_veth(self) -> str:
+        return f"{INTERNET_VETH_PREFIX}{self.name}"[:15]
 
     @property
     def wg_address(self) -> str:
@@ -75,6 +107,7 @@ class LabState:
 
     workdir: str
     bridge: bool = False
+    internet: bool = False
     api_pid: int = 0
     nodes: list[Node] = field(default_factory=list)
 
@@ -148,6 +181,79 @@ class Lab:
         sh("ip", "link", "add", BRIDGE, "type", "bridge")
         sh("ip", "address", "add", f"{UNDERLAY}.254/24", "dev", BRIDGE)
         sh("ip", "link", "set", BRIDGE, "up")
+
+    def make_internet(self) -> None:
+        """The second underlay (INTERNET_BRIDGE), for `place`; `clean` removes it."""
+        sh("ip", "link", "add", INTERNET_BRIDGE, "type", "bridge")
+        self.state.internet = True
+        self.state.save()
+        sh("ip", "address", "add", f"{INTERNET}.254/24", "dev", INTERNET_BRIDGE)
+        sh("ip", "link", "set", INTERNET_BRIDGE, "up")
+
+    def place(self, node: Node, *, api_address: str) -> None:
+        """Like `add_node`, on the two underlays (`make_bridge`, `make_internet`) by
+        `node.site`. The Node gets the addresses a cloud would give it: the hub an
+        InternalIP on the node network and an ExternalIP on the internet; an ordinary
+        node (role "router") its InternalIP; a spoke its WireGuard address as InternalIP
+        (its kubelet's --node-ip). `api_address` (one of this host's bridge addresses)
+        is reached directly or by a host route through this host, which delivers it
+        locally: no route joins the two underlays."""
+        ns = NetNS(f"wgkdemo-{node.name}")
+        sh("ip", "netns", "add", ns.name)
+        node.ns = ns.name
+        self.state.nodes.append(node)
+        self.state.save()
+        ns.ip("link", "set", "lo", "up")
+        legs: list[tuple[str, str, str, str]] = []  # (host veth, bridge, ifname, address)
+        if node.site in ("cluster", "both"):
+            legs.append((node.veth, BRIDGE, "eth0", f"{UNDERLAY}.{node.index}"))
+        if node.site in ("internet", "both"):
+            ifname = "eth1" if node.site == "both" else "eth0"
+            legs.append((node.internet_veth, INTERNET_BRIDGE, ifname, node.public))
+        for veth, bridge, ifname, address in legs:
+            sh("ip", "link", "add", veth, "type", "veth", "peer", ifname, "netns", ns.name)
+            sh("ip", "link", "set", veth, "master", bridge, "up")
+            ns.ip("address", "add", f"{address}/24", "dev", ifname)
+            ns.ip("link", "set", ifname, "up")
+        api_net = api_address.rpartition(".")[0]
+        if all(address.rpartition(".")[0] != api_net for *_, address in legs):
+            host = f"{legs[0][3].rpartition('.')[0]}.254"
+            ns.ip("route", "add", f"{api_address}/32", "via", host)
+        if node.site == "both":
+            addresses = {"InternalIP": f"{UNDERLAY}.{node.index}", "ExternalIP": node.public}
+        elif node.site == "internet":
+            addresses = {"InternalIP": node.wg_address}
+        else:
+            addresses = {"InternalIP": node.underlay}
+        assert self.api is not None
+        self.api.create_node(node.name, addresses=addresses)
+
+    def start_router(self, node: Node, *args: str) -> None:
+        """`wg-kube router` in the node's namespace, probes on its underlay address."""
+        kubeconfig = self.kubeconfigs.get(node.name, self.kubeconfig)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("WG_", "KUBE"))}
+        argv = [
+            "router",
+            "--node-name",
+            node.name,
+            "--kubeconfig",
+            str(kubeconfig),
+            "--probe-address",
+            f"{node.underlay}:{ROUTER_PROBE_PORT}",
+            *args,
+        ]
+        log = (self.workdir / "logs" / f"{node.name}.log").open("ab")
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", node.ns, sys.executable, "-m", "wgkube", *argv],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        self._children.append(proc)
+        node.pid = proc.pid
+        self.state.save()
 
     def start_api(self, *, in_process: bool = False) -> None:
         """The emulator on the bridge address: a process of its own (it outlives us with
@@ -429,7 +535,11 @@ def demo_namespaces() -> list[str]:
 def demo_links() -> list[str]:
     out = sh("ip", "-o", "link", "show", check=False).stdout
     names = [line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if ":" in line]
-    return [n for n in names if n == BRIDGE or n.startswith(VETH_PREFIX)]
+    return [
+        n
+        for n in names
+        if n in (BRIDGE, INTERNET_BRIDGE) or n.startswith((VETH_PREFIX, INTERNET_VETH_PREFIX))
+    ]
 
 
 def demo_sockets() -> list[Path]:
@@ -493,10 +603,13 @@ def clean(state: LabState) -> None:
         if node.ns:
             _delete_namespace(node.ns)
         sh("ip", "link", "del", node.veth, check=False)
+        sh("ip", "link", "del", node.internet_veth, check=False)
         with contextlib.suppress(FileNotFoundError):
             (SOCKET_DIR / f"{node.ifname}.sock").unlink()
     if state.bridge:
         sh("ip", "link", "del", BRIDGE, check=False)
+    if state.internet:
+        sh("ip", "link", "del", INTERNET_BRIDGE, check=False)
     with contextlib.suppress(FileNotFoundError):
         (Path(state.workdir) / "state.json").unlink()
 
@@ -509,10 +622,11 @@ def sweep() -> None:
     for ns in demo_namespaces():
         _delete_namespace(ns)
     for link in demo_links():
-        if link != BRIDGE:
+        if link not in (BRIDGE, INTERNET_BRIDGE):
             sh("ip", "link", "del", link, check=False)
-    if BRIDGE in demo_links():
-        sh("ip", "link", "del", BRIDGE, check=False)
+    for bridge in (BRIDGE, INTERNET_BRIDGE):
+        if bridge in demo_links():
+            sh("ip", "link", "del", bridge, check=False)
     for path in demo_sockets():
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
