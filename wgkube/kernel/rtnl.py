@@ -22,7 +22,6 @@ from wgkube.desired.router import GatewayRoute
 from wgkube.domain.errors import DeviceNotFound, KernelError, OperationRejected, RouteConflict
 from wgkube.domain.net import IPAddress, IPInterface, IPNetwork
 
-
 _IGNORED_ON_REMOVE = frozenset({errno.ESRCH, errno.ENOENT, errno.EADDRNOTAVAIL})
 """What the kernel answers when asked to delete a route or an address that is not there."""
 
