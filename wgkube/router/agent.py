@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-
-from aiohttp import web
 
 from wgkube.desired.router import RouterDesired, router_routes
 from wgkube.diff.gateway import GatewayOperation, plan_gateway_routes
@@ -21,6 +18,7 @@ from wgkube.domain.errors import AnnouncementError, OperationRejected, WgKubeErr
 from wgkube.kernel.gateway import GatewayTable
 from wgkube.kube.client import Api, Forbidden, KubeApiError
 from wgkube.kube.watch import follow_config_map
+from wgkube.observe import probes
 from wgkube.router.settings import RouterSettings
 
 log = logging.getLogger("wgkube.router")
@@ -255,27 +253,4 @@ def _routes(routes: frozenset[Any]) -> str:
 
 async def serve_probes(address: str, router: Router, stop: asyncio.Event) -> None:
     """/healthz: the process serves; /readyz: routes in place via an on-link hub."""
-    host, _, port = address.rpartition(":")
-
-    async def healthz(_: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
-
-    async def readyz(_: web.Request) -> web.Response:
-        return web.Response(
-            status=200 if router.ready else 503,
-            text=json.dumps(router.summary()) + "\n",
-            content_type="application/json",
-        )
-
-    app = web.Application()
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host or "0.0.0.0", int(port))
-    await site.start()
-    log.info("probes on http://%s/healthz and /readyz", address)
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
+    await probes.serve_probes(address, lambda: (router.ready, router.summary()), stop)
