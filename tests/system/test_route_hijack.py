@@ -12,6 +12,7 @@ test VM (marker `kernel`); the API is the emulator: the point here is routes.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests.system.test_hub_and_spokes import PREFIX, skip_unless, until
+from wgkube.domain import announcement
 from wgkube.domain.keys import PrivateKey
 from wgkube.testing.lab import HUB_WG, SLOW, Lab, Node
 from wgkube.testing.netns import NetNS, PingStream
@@ -184,10 +186,20 @@ async def test_routes_of_other_owners_stay_untouched_on_spoke_and_hub_and_the_tu
 
     # The hub stops advertising the subnet (its process is stopped: it would put its
     # annotation back) and the spoke follows: withdrawing deletes nothing of anyone else's.
+    # Spokes follow the announcement ConfigMap (what the hub's identity wrote).
     lab.stop_process(hub)
     assert lab.api is not None
-    lab.api.patch_node(
-        hub.name, {"metadata": {"annotations": {PREFIX + "allowed-ips": "100.96.0.0/24"}}}
+    config_map = lab.api.get("configmaps", announcement.NAME, namespace=announcement.NAMESPACE)
+    assert config_map is not None
+    narrowed = [
+        record.model_copy(update={"allowed_ips": (ipaddress.ip_network("100.96.0.0/24"),)})
+        for record in announcement.decode(config_map["data"])
+    ]
+    lab.api.patch(
+        "configmaps",
+        announcement.NAME,
+        {"data": announcement.encode(narrowed)},
+        namespace=announcement.NAMESPACE,
     )
 
     async def followed() -> bool:
