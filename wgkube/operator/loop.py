@@ -28,6 +28,44 @@ Guard = tuple[tuple[Protected, ...], dict[PublicKey, Endpoint]]
 Guarder = Callable[[], Awaitable[Guard]]
 
 
+Clock = Callable[[], float]
+
+
+@dataclass
+class Debouncer:
+    """When to apply what the watch delivered: at once for an isolated change, after
+    `interval` for what follows it.
+
+    A change is isolated when nothing happened for `interval` before it (leading edge):
+    it is applied at once. Changes that arrive while that reconcile runs, or within
+    `interval` of the previous change, wait `interval` and go in one reconcile (the
+    burst of a thousand Nodes being created is gathered, a single edit is not delayed).
+    """
+
+    interval: float
+    _last: float = float("-inf")
+    """When the newest change arrived."""
+    _pending: bool = False
+    _leading: bool = False
+
+    def event(self, now: float) -> None:
+        if not self._pending:
+            self._pending = True
+            self._leading = now - self._last >= self.interval
+        self._last = now
+
+    def delay(self) -> float:
+        """Seconds to wait before applying what is pending."""
+        if not self._pending or self._leading:
+            return 0.0
+        return self.interval
+
+    def taken(self) -> None:
+        """What was pending is being applied: what arrives from now on is new."""
+        self._pending = False
+        self._leading = False
+
+
 @dataclass
 class LoopStats:
     reconciles: int = 0
@@ -63,12 +101,26 @@ class HubLoop:
     guarded: Guard = field(default_factory=lambda: ((), {}))
     listed: asyncio.Event = field(default_factory=asyncio.Event)
     stats: LoopStats = field(default_factory=LoopStats)
+    clock: Clock = time.monotonic
+    """Times the changes for the debounce (a fake one in tests)."""
+    pause: Callable[[float], Awaitable[None]] = asyncio.sleep
+    """Waits out the debounce (a recording one in tests)."""
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    _debouncer: Debouncer | None = None
     _reported: dict[str, Rejection] = field(default_factory=dict)
     _healthy: bool = False
 
     def wake(self) -> None:
+        """A Node changed: apply it at once if nothing else happened for a debounce
+        interval before it, else gather it with what follows (Debouncer)."""
+        self.debouncer.event(self.clock())
         self._wakeup.set()
+
+    @property
+    def debouncer(self) -> Debouncer:
+        if self._debouncer is None:
+            self._debouncer = Debouncer(self.debounce)
+        return self._debouncer
 
     @property
     def ready(self) -> bool:
@@ -86,9 +138,10 @@ class HubLoop:
                 async with asyncio.timeout(timeout):
                     await self._wakeup.wait()
             resync = time.monotonic() >= next_resync
-            if self._wakeup.is_set() and self.debounce:
-                await asyncio.sleep(self.debounce)  # gather the burst
+            if self._wakeup.is_set() and (delay := self.debouncer.delay()):
+                await self.pause(delay)  # gather the burst
             self._wakeup.clear()
+            self.debouncer.taken()
             if resync:
                 try:
                     await self.relist()

@@ -74,7 +74,7 @@ class HubSettings(NodeSettings):
     """WireGuard: kernel, userspace (wireguard-go) or auto (kernel when it can); memory: tests."""
 
     debounce: float = Field(0.2, ge=0, le=60, json_schema_extra=_env("WG_DEBOUNCE"))
-    """Seconds to gather Node events before one reconcile."""
+    """Seconds to gather Node events before one reconcile (an isolated change goes at once)."""
 
     resync_interval: float = Field(60.0, gt=0, json_schema_extra=_env("WG_RESYNC_INTERVAL"))
     """Seconds between full resyncs (re-list Nodes, repair drift made by hand)."""
