@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from wgkube.desired.hub import hub_state, seniority
+from wgkube.desired.hub import HubDesired, seniority
 from wgkube.desired.model import INVALID, DeviceSpec, Rejection
 from wgkube.desired.protected import Protected
 from wgkube.domain.errors import WgKubeError
@@ -107,6 +107,7 @@ class HubLoop:
     """Waits out the debounce (a recording one in tests)."""
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     _debouncer: Debouncer | None = None
+    _desired: HubDesired | None = None
     _reported: dict[str, Rejection] = field(default_factory=dict)
     _healthy: bool = False
 
@@ -151,7 +152,9 @@ class HubLoop:
                 self.reconciler.retry_refused()
                 await self._guard()
             try:
-                await self.reconcile_once()
+                # Between resyncs only what changed is computed and diffed (against what
+                # was applied); a resync recomputes everything against the kernel.
+                await self.reconcile_once(full=resync)
             except WgKubeError as exc:
                 self.stats.failures += 1
                 self._healthy = False
@@ -188,21 +191,34 @@ class HubLoop:
         except WgKubeError as exc:
             log.warning("cannot read the addresses to protect (%s); keeping the last set", exc)
 
-    async def reconcile_once(self) -> None:
+    async def reconcile_once(self, *, full: bool = True) -> None:
+        """One reconcile. `full`: desired state recomputed from every Node and diffed
+        against the kernel as read; else only the Nodes changed since the last one, diffed
+        against what was applied (the first reconcile is always full)."""
         started = time.monotonic()
-        desired, rejections = hub_state(
-            self.device,
-            self.registry.records(),
-            persistent_keepalive=self.persistent_keepalive,
-            protected=self.guarded[0],
-            learned_endpoints=self.guarded[1],
-            peer_cidrs=self.peer_cidrs,
-        )
+        state = self._desired
+        changed = None
+        if full or state is None:
+            state = self._desired = HubDesired(
+                self.device,
+                persistent_keepalive=self.persistent_keepalive,
+                peer_cidrs=self.peer_cidrs,
+            )
+            self.registry.take_changes()
+            state.reset(
+                self.registry.records(),
+                protected=self.guarded[0],
+                learned_endpoints=self.guarded[1],
+            )
+        else:
+            changed = state.update(self.registry.take_changes())
+        desired = state.state()
+        rejections = state.rejections()
         rejections += [
             Rejection(e.ref.name, INVALID, e.error or "") for e in self.registry.invalid()
         ]
         try:
-            ops = await self.reconciler.reconcile(desired)
+            ops = await self.reconciler.reconcile(desired, None if full else changed)
         finally:
             # Also after a failed reconcile: the peers it refused before failing are known.
             rejections += self._refused()
@@ -227,6 +243,8 @@ class HubLoop:
 
     def _refused(self) -> list[Rejection]:
         """The peers whose data the kernel refused, as rejections of their Nodes."""
+        if not self.reconciler.refused:
+            return []
         # Oldest last: of two Nodes with one key, the older holds the peer (seniority).
         records = sorted(self.registry.records(), key=seniority, reverse=True)
         nodes = {r.public_key: r.node for r in records}
