@@ -93,7 +93,11 @@ class HubLoop:
     report: Reporter
     relist: Relister
     debounce: float = 0.2
-    resync_interval: float = 60.0
+    resync_interval: float = 600.0
+    """Seconds between API relists (each followed by a kernel resync)."""
+    kernel_resync_interval: float | None = None
+    """Seconds between kernel resyncs (read back, recompute, repair drift); None: only
+    with the relist."""
     persistent_keepalive: int = 0
     guard: Guarder | None = None
     """Reads the protected set; called before the first reconcile and at every resync."""
@@ -131,23 +135,29 @@ class HubLoop:
         await self._first_list()
         log.info("initial Node listing complete: %d peer Node(s) known", len(self.registry))
         next_resync = time.monotonic() + self.resync_interval
+        kernel_every = min(
+            self.kernel_resync_interval or self.resync_interval, self.resync_interval
+        )
+        next_kernel = time.monotonic() + kernel_every
         backoff = 0.5
         while True:
-            timeout = max(0.0, next_resync - time.monotonic())
+            timeout = max(0.0, min(next_resync, next_kernel) - time.monotonic())
             # asyncio.timeout, not wait_for: no extra task for Kopf to wait on at exit.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._wakeup.wait()
-            resync = time.monotonic() >= next_resync
+            relist = time.monotonic() >= next_resync
+            resync = relist or time.monotonic() >= next_kernel
             if self._wakeup.is_set() and (delay := self.debouncer.delay()):
                 await self.pause(delay)  # gather the burst
             self._wakeup.clear()
             self.debouncer.taken()
-            if resync:
+            if relist:
                 try:
                     await self.relist()
                 except WgKubeError as exc:
                     log.warning("resync: cannot list Nodes (%s); keeping the current peers", exc)
+            if resync:
                 # What the kernel refused is tried once more: the cause may have gone.
                 self.reconciler.retry_refused()
                 await self._guard()
@@ -164,8 +174,10 @@ class HubLoop:
                 self.wake()
                 continue
             backoff = 0.5
-            if resync:
+            if relist:
                 next_resync = time.monotonic() + self.resync_interval
+            if resync:
+                next_kernel = time.monotonic() + kernel_every
 
     async def _first_list(self) -> None:
         """Nothing is reconciled before one complete list of Nodes: until then the kernel

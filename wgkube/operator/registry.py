@@ -46,7 +46,7 @@ class PeerRegistry:
     def __init__(
         self, keys: Keys, own_node: str, *, max_prefixes: int = DEFAULT_MAX_PEER_PREFIXES
     ) -> None:
-        self._keys = keys
+        self.keys = keys
         self._own = own_node
         self._max_prefixes = max_prefixes
         self._entries: dict[str, Entry] = {}
@@ -71,11 +71,11 @@ class PeerRegistry:
             if version <= self._versions.get(name, -1):
                 return False
             self._versions[name] = version
-        if deleted or not is_peer(node, self._keys):
+        if deleted or not is_peer(node, self.keys):
             return self._set(name, None)
         ref = NodeRef(name, str(node.get("metadata", {}).get("uid") or ""))
         try:
-            entry = Entry(ref, decode_peer(node, self._keys, max_prefixes=self._max_prefixes), None)
+            entry = Entry(ref, decode_peer(node, self.keys, max_prefixes=self._max_prefixes), None)
         except AnnotationError as exc:
             entry = Entry(ref, None, str(exc))
         return self._set(name, entry)
