@@ -114,9 +114,17 @@ async def read_guard(settings: HubSettings, kernel: Kernel, api_url: str) -> Gua
         protected += host_protected(
             addresses, routes, wireguard=settings.interface, own_protocol=settings.route_protocol
         )
-    observed = await kernel.observe(settings.interface)
-    learned = {k: p.endpoint for k, p in observed.peers.items() if p.endpoint is not None}
+    peers = await kernel.peers(settings.interface) or {}  # one device dump, no routes
+    learned = {k: p.endpoint for k, p in peers.items() if p.endpoint is not None}
     return protected, learned
+
+
+def peer_fields(node: dict[str, Any]) -> dict[str, Any]:
+    """What the registry reads of a Node (its metadata without managedFields, and the
+    addresses that default allowed-ips): not the conditions, images and node info."""
+    meta = {k: v for k, v in (node.get("metadata") or {}).items() if k != "managedFields"}
+    addresses = (node.get("status") or {}).get("addresses") or []
+    return {"metadata": meta, "status": {"addresses": addresses}}
 
 
 async def relist_peers(api: Api, peers: PeerRegistry, problems: Problems) -> None:
@@ -124,10 +132,12 @@ async def relist_peers(api: Api, peers: PeerRegistry, problems: Problems) -> Non
     resync (it catches deletions a broken watch missed). Watch events that land while it
     is in flight are newer and win by resourceVersion."""
     with problems.track("list Nodes", NODES_ROLE):
-        # Peers only (the selector keeps other Nodes out of memory), in pages, from the
-        # API server's watch cache: cheap for the server at 10,000 Nodes.
+        # Peers only (the selector keeps other Nodes out of memory), in pages. Not
+        # resourceVersion=0: kube-apiserver (1.37 too) then ignores `limit` and answers
+        # all 10,000 Nodes at once (~40 MB of JSON, several times that parsed); a
+        # paginated consistent list is served from its watch cache by recent servers.
         nodes, version = await api.list_nodes(
-            f"{peers.keys.peer}=true", page=LIST_PAGE, cached=True
+            f"{peers.keys.peer}=true", page=LIST_PAGE, keep=peer_fields
         )
     if peers.replace_all(nodes, version):
         log.info("Node list applied: %d peer Node(s) known", len(peers))
