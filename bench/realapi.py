@@ -237,8 +237,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if (why := missing_binaries()) is not None:
         print(f"bench.realapi: {why}", file=sys.stderr)
         return 2
+    from bench.run import environment
+
+    env = environment()
     with tempfile.TemporaryDirectory(prefix="wgkube-realapi-") as tmp:
-        result = scenario(args.peers, Path(tmp), args.changes)
+        result = {"environment": env, **scenario(args.peers, Path(tmp), args.changes)}
+    result["environment"]["loadavg_end"] = list(os.getloadavg())
     text = json.dumps(result, indent=2)
     if args.json:
         args.json.write_text(text + "\n")
