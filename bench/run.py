@@ -488,9 +488,10 @@ def build(host: dict[str, Any], vm: dict[str, Any] | None, quick: bool) -> dict[
     relist = HubSettings.model_fields["resync_interval"].default
     target(
         "API load in steady state: no periodic full LIST more often than every 10 min",
-        ">= 600 s between LISTs by default; paginated, from the watch cache",
-        f"--resync-interval default {relist:g} s; LIST pages of {LIST_PAGE}, resourceVersion=0, "
-        "peer label selector (read from the shipped settings, not measured)",
+        ">= 600 s between LISTs by default; paginated",
+        f"--resync-interval default {relist:g} s; LIST pages of {LIST_PAGE} with the peer label "
+        "selector (no resourceVersion=0: the server would ignore the limit); read from the "
+        "shipped settings, not measured",
         relist >= 600,
     )
 
