@@ -36,12 +36,12 @@ controlplane:
 
 test: lint controlplane test-host test-kernel
 
-# Benchmarks against baselines measured in the same run (< 20 min on 2 cores); needs root.
+# Benchmarks against baselines measured in the same run (N up to 10,000: about 30-40 min on 2 cores); needs root.
 bench: setup
-	$(PY) -m bench.run --json bench/results.json
+	$(PY) -m bench.run
 
 bench-quick: setup
-	$(PY) -m bench.run --quick --json bench/results-quick.json
+	$(PY) -m bench.run --quick
 
 clean:
 	rm -rf $(VENV) .cache .mypy_cache .ruff_cache

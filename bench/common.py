@@ -25,6 +25,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,16 +83,100 @@ def peer_annotations(peer: Peer) -> dict[str, str]:
     return {PREFIX + "public-key": peer.key, PREFIX + "allowed-ips": peer.allowed}
 
 
-def peer_node(peer: Peer) -> dict[str, Any]:
+IMAGES = (
+    "kube-proxy",
+    "pause",
+    "coredns/coredns",
+    "cilium/cilium",
+    "etcd",
+    "node-exporter",
+    "fluent-bit",
+    "csi-node-driver",
+    "metrics-agent",
+    "istio/proxyv2",
+)
+"""Images a kubelet lists in a Node's status."""
+
+
+def kubelet_status(name: str, index: int) -> dict[str, Any]:
+    """A Node's status as a kubelet writes it: conditions, addresses, capacity, node info
+    and an images list (about 5 KB of JSON), so the API and the hub carry real weight."""
+    stamp = "2026-01-01T00:00:00Z"
+    conditions = [
+        {
+            "type": kind,
+            "status": "True" if kind == "Ready" else "False",
+            "lastHeartbeatTime": stamp,
+            "lastTransitionTime": stamp,
+            "reason": f"Kubelet{'Ready' if kind == 'Ready' else 'Has' + kind}",
+            "message": f"kubelet is posting {kind} status",
+        }
+        for kind in ("MemoryPressure", "DiskPressure", "PIDPressure", "Ready")
+    ]
+    images = [
+        {
+            "names": [
+                f"registry.k8s.io/{image}@sha256:{secrets.token_hex(32)}",
+                f"registry.k8s.io/{image}:v1.31.{index % 7}",
+            ],
+            "sizeBytes": 10_000_000 + index,
+        }
+        for image in IMAGES
+    ]
+    resources = {"cpu": "8", "memory": "32780552Ki", "pods": "110", "ephemeral-storage": "100G"}
+    return {
+        "conditions": conditions,
+        "addresses": [
+            {
+                "type": "InternalIP",
+                "address": f"10.{index // 65536 % 256}.{index // 256 % 256}.{index % 256}",
+            },
+            {"type": "Hostname", "address": name},
+        ],
+        "capacity": resources,
+        "allocatable": resources,
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+        "nodeInfo": {
+            "machineID": secrets.token_hex(16),
+            "systemUUID": str(uuid.uuid4()),
+            "bootID": str(uuid.uuid4()),
+            "kernelVersion": "6.1.0-28-amd64",
+            "osImage": "Debian GNU/Linux 12 (bookworm)",
+            "containerRuntimeVersion": "containerd://1.7.22",
+            "kubeletVersion": "v1.31.4",
+            "kubeProxyVersion": "v1.31.4",
+            "operatingSystem": "linux",
+            "architecture": "amd64",
+        },
+        "images": images,
+    }
+
+
+def peer_node(peer: Peer, index: int = 0) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": {
             "name": peer.name,
-            "labels": {PREFIX + "peer": "true"},
-            "annotations": peer_annotations(peer),
+            "labels": {
+                PREFIX + "peer": "true",
+                "kubernetes.io/hostname": peer.name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "node.kubernetes.io/instance-type": "m5.2xlarge",
+                "topology.kubernetes.io/zone": f"zone-{index % 3}",
+            },
+            "annotations": {
+                **peer_annotations(peer),
+                "node.alpha.kubernetes.io/ttl": "0",
+                "volumes.kubernetes.io/controller-managed-attach-detach": "true",
+            },
         },
-        "spec": {},
+        "spec": {
+            "podCIDR": f"10.244.{index % 256}.0/24",
+            "podCIDRs": [f"10.244.{index % 256}.0/24"],
+        },
+        "status": kubelet_status(peer.name, index),
     }
 
 
@@ -586,3 +671,67 @@ def unique_ifname(prefix: str) -> str:
     # The UAPI socket path is global (/var/run/wireguard/NAME.sock): names must be unique
     # across namespaces and runs; 15 characters at most.
     return f"{prefix}{secrets.token_hex(3)}"[:15]
+
+
+# -- kernel writes, counted from outside the product -----------------------------------------
+
+
+def wg_dump(ifname: str) -> dict[str, tuple[str, ...]]:
+    """Public key -> (preshared key, endpoint, allowed ips, keepalive) from `wg show dump`:
+    the peer state a write can change (handshakes and counters left out)."""
+    out = run(["wg", "show", ifname, "dump"])
+    peers: dict[str, tuple[str, ...]] = {}
+    for line in out.splitlines()[1:]:  # the first line is the device
+        fields = line.split("\t")
+        if len(fields) >= 8:
+            peers[fields[0]] = (fields[1], fields[2], fields[3], fields[7])
+    return peers
+
+
+def peers_changed(
+    before: Mapping[str, tuple[str, ...]], after: Mapping[str, tuple[str, ...]]
+) -> int:
+    """Peers added, removed or changed between two dumps."""
+    return sum(1 for key in set(before) | set(after) if before.get(key) != after.get(key))
+
+
+class RouteMonitor:
+    """`ip -o monitor route` in the current namespace: every route the kernel adds or
+    deletes on a link, as rtnetlink announces it (not as the product says it did)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.path = workdir / f"route-monitor-{secrets.token_hex(3)}.log"
+        self._out = self.path.open("wb")
+        self.proc = subprocess.Popen(
+            ["ip", "-o", "monitor", "route"], stdout=self._out, stderr=subprocess.DEVNULL
+        )
+        time.sleep(0.2)  # subscribed before anything is counted
+
+    def mark(self) -> int:
+        self._out.flush()
+        return self.path.stat().st_size
+
+    def events(self, ifname: str, since: int) -> int:
+        """Route events through `ifname` after the mark `since`."""
+        time.sleep(0.05)  # let the monitor write out what the kernel already announced
+        with self.path.open("rb") as fh:
+            fh.seek(since)
+            text = fh.read().decode(errors="replace")
+        return sum(1 for line in text.splitlines() if f"dev {ifname} " in line + " ")
+
+    def close(self) -> None:
+        self.proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)
+        self._out.close()
+
+
+def idle_python_kib() -> int:
+    """VmHWM of a Python process that imports what the hub imports and does nothing:
+    the memory reference for the hub's RSS."""
+    code = (
+        "import wgkube.operator.main, kopf, pyroute2, kubernetes_asyncio, aiohttp, pydantic\n"
+        "for line in open('/proc/self/status'):\n"
+        "    if line.startswith('VmHWM'): print(line.split()[1])\n"
+    )
+    return int(run([sys.executable, "-c", code]).strip())

@@ -38,16 +38,19 @@ from bench.common import (
     ApiProcess,
     HubProcess,
     Peer,
+    RouteMonitor,
     RouteProbe,
     baseline_apply,
     baseline_converge,
     delete_link,
     hub_node,
+    idle_python_kib,
     log,
     make_peers,
     median,
     peer_allowed,
     peer_node,
+    peers_changed,
     route_count,
     run,
     start_wireguard_go,
@@ -56,6 +59,7 @@ from bench.common import (
     unique_ifname,
     wait_device,
     wg_allowed_ips,
+    wg_dump,
     wg_peer_count,
     write_key,
 )
@@ -83,19 +87,19 @@ class Plan:
 
 
 FULL = Plan(
-    sizes=(100, 1000, 5000),
-    incremental_samples={100: 50, 1000: 10, 5000: 20},
-    converge_repeats={100: 3, 1000: 2, 5000: 1},
+    sizes=(100, 1000, 10000),
+    incremental_samples={100: 40, 1000: 20, 10000: 20},
+    converge_repeats={100: 3, 1000: 2, 10000: 1},
     baseline_repeats=3,
     floor_repeats=3,
-    memory_sizes=(1000, 5000),
+    memory_sizes=(1000, 10000),
     latency_size=100,
 )
 
 QUICK = Plan(
-    sizes=(20, 50),
-    incremental_samples={20: 10, 50: 5},
-    converge_repeats={20: 1, 50: 1},
+    sizes=(20, 50, 100),
+    incremental_samples={20: 10, 50: 5, 100: 5},
+    converge_repeats={20: 1, 50: 1, 100: 1},
     baseline_repeats=1,
     floor_repeats=1,
     memory_sizes=(20, 50),
@@ -161,11 +165,26 @@ class SizeRun:
     def timeout(self) -> float:
         return self.plan.timeout(self.n)
 
+    def nodes(self) -> list[dict[str, Any]]:
+        return [peer_node(p, i) for i, p in enumerate(self.peers)]
+
+    def create_baseline(self) -> float:
+        """Seconds to create the N Nodes into a fresh emulator that no hub watches: the
+        burst's baseline, which a slow hub cannot inflate."""
+        api = ApiProcess(self.work).start()
+        try:
+            return api.create_nodes(self.nodes())
+        finally:
+            api.stop()
+
     def run(self) -> dict[str, Any]:
         n = self.n
         self.api.create_node(hub_node())
         self.peers = make_peers(n)
         hub = HubProcess(self.work, self.api, unique_ifname("wgbh"))
+        self.out["create_baseline"] = guarded(
+            f"N={n} creation baseline", lambda: {"create_s": self.create_baseline()}
+        )
         try:
             self.out["burst"] = guarded(f"N={n} burst", lambda: self.burst(hub))
             if self.out["burst"].get("status") == "failed":
@@ -196,7 +215,7 @@ class SizeRun:
         reconciles_before = len(hub.applied())
         log(f"N={n} burst: creating {n} Nodes while the hub runs")
         started = time.perf_counter()
-        create_s = self.api.create_nodes([peer_node(p) for p in self.peers])
+        create_s = self.api.create_nodes(self.nodes())
         try:
             done = wait_device(hub.ifname, n, timeout=self.timeout, alive=hub.check_alive)
         except TimeoutError as exc:
@@ -233,87 +252,146 @@ class SizeRun:
 
     # -- incremental -------------------------------------------------------------------------
     def incremental(self, hub: HubProcess, samples: int) -> dict[str, Any]:
-        if samples > self.n:
-            raise ValueError("each sample moves a different peer: samples <= N")
+        """Pairs of changes: A after a quiet debounce interval (isolated: the leading edge
+        applies it at once), B a few ms after A (it waits out the debounce). Kernel
+        writes are counted from outside: rtnetlink route events and a `wg show dump` diff.
+        """
+        if 2 * samples > self.n:
+            raise ValueError("each sample moves two different peers: 2 * samples <= N")
         probe = RouteProbe()
+        monitor = RouteMonitor(self.work)
         try:
             index = probe.index(hub.ifname)
-            latencies: list[float] = []
-            ops: list[int] = []
+            isolated: list[float] = []
+            following: list[float] = []
+            ops: list[float] = []
+            logged: list[int] = []
             moved: dict[str, str] = {}
             time.sleep(1.0)  # let the burst's last reconcile finish
             for j in range(samples):
-                peer = self.peers[j]
-                new = peer_allowed(j, MOVED_BASE)
-                latency, k = self._move(hub, probe, index, peer, new)
-                latencies.append(latency)
-                ops.append(k)
-                moved[peer.key] = new
-                time.sleep(DEFAULT_DEBOUNCE + 0.1)  # the next change starts a new burst
+                a, b = self.peers[2 * j], self.peers[2 * j + 1]
+                new_a, new_b = peer_allowed(2 * j, MOVED_BASE), peer_allowed(2 * j + 1, MOVED_BASE)
+                before_dump = wg_dump(hub.ifname)
+                mark = monitor.mark()
+                before_log = len(hub.applied())
+                t_a = self._patch(a, new_a)
+                t_b = self._patch(b, new_b)
+                done = self._wait_routes(probe, index, {new_a: t_a, new_b: t_b})
+                isolated.append(done[new_a])
+                following.append(done[new_b])
+                for old in (a.allowed, b.allowed):
+                    self._wait_gone(probe, index, old)
+                time.sleep(DEFAULT_DEBOUNCE + 0.1)  # a late write shows; the next A is isolated
+                routes = monitor.events(hub.ifname, mark)
+                peers = peers_changed(before_dump, wg_dump(hub.ifname))
+                ops.append((routes + peers) / 2)
+                logged.append(sum(hub.applied()[before_log:]))
+                moved[a.key], moved[b.key] = new_a, new_b
             hub.check_alive()
             kernel = wg_allowed_ips(hub.ifname)
             verified = all(kernel.get(key) == new for key, new in moved.items())
         finally:
+            monitor.close()
             probe.close()
-        stats = summary(latencies)
+        iso, fol = summary(isolated), summary(following)
         log(
-            f"N={self.n} incremental: p50 {stats['p50'] * 1000:.0f} ms, "
-            f"p95 {stats['p95'] * 1000:.0f} ms, ops per change {sorted(set(ops))}"
+            f"N={self.n} incremental: isolated p50 {iso['p50'] * 1000:.0f} ms, following "
+            f"p50 {fol['p50'] * 1000:.0f} ms, kernel writes per change {sorted(set(ops))}"
         )
         return {
             "samples": samples,
-            "latency_s": stats,
-            "latencies_s": latencies,
+            "latency_s": fol,
+            "latencies_s": following,
+            "isolated_latency_s": iso,
+            "isolated_latencies_s": isolated,
             "kernel_ops_per_change": ops,
-            "kernel_ops_median": median([float(o) for o in ops]),
+            "kernel_ops_median": median(ops),
             "kernel_ops_max": max(ops),
+            "logged_ops_per_pair": logged,
             "debounce_s": DEFAULT_DEBOUNCE,
             "verified_in_wireguard": verified,
         }
 
-    def _move(
-        self, hub: HubProcess, probe: RouteProbe, index: int, peer: Peer, new: str
-    ) -> tuple[float, int]:
-        """Patch one peer's allowed-ips; seconds until its new route is in, and the K logged."""
-        new_ip, old_ip = new.split("/")[0], peer.allowed.split("/")[0]
-        before = len(hub.applied())
+    def _patch(self, peer: Peer, new: str) -> float:
         started = time.perf_counter()
         self.api.patch_node(peer.name, {"metadata": {"annotations": {PREFIX + "allowed-ips": new}}})
-        done = time_when(
-            lambda: probe.via(new_ip, index),
-            timeout=self.timeout,
-            what=f"route {new} through {hub.ifname}",
-        )
-        # The old route goes in the same reconcile, after the new one.
+        return started
+
+    def _wait_gone(self, probe: RouteProbe, index: int, old: str) -> None:
+        address = old.split("/")[0]
         time_when(
-            lambda: not probe.via(old_ip, index),
+            lambda: not probe.via(address, index),
             timeout=self.timeout,
-            what=f"old route {peer.allowed} removed",
+            what=f"old route {old} removed",
         )
-        return done - started, sum(hub.applied()[before:])
+
+    def _wait_routes(
+        self, probe: RouteProbe, index: int, started: dict[str, float]
+    ) -> dict[str, float]:
+        """Seconds from each patch to its new route in the kernel (polled every ms)."""
+        done: dict[str, float] = {}
+        deadline = time.perf_counter() + self.timeout
+        while len(done) < len(started):
+            now = time.perf_counter()
+            for new, t0 in started.items():
+                if new not in done and probe.via(new.split("/")[0], index):
+                    done[new] = now - t0
+            if now > deadline:
+                raise TimeoutError(f"routes {sorted(set(started) - set(done))} not in")
+            time.sleep(0.001)
+        return done
 
     # -- restart -----------------------------------------------------------------------------
     def restart(self, hub: HubProcess) -> dict[str, Any]:
+        """Stop the hub, start it again: time to /readyz ready, and every kernel write it
+        made (route events and a dump diff, from outside), watched 3 s past ready."""
         hub.stop(only_hub=True)
         assert wg_peer_count(hub.ifname) == self.n, "the device lost peers across the stop"
-        started = hub.start()
+        floor = self.restart_floor(hub.ifname)
+        monitor = RouteMonitor(self.work)
         try:
-            ready = wait_ready(hub, self.timeout)
-        except TimeoutError as exc:
-            self.memory["restarted hub (timed out)"] = hub.memory_kib()
-            raise TimeoutError(
-                f"{exc}; kernel ops logged meanwhile: {sum(hub.applied())}"
-            ) from None
-        time.sleep(1.0)  # a late write would show in the log by now
+            before = wg_dump(hub.ifname)
+            mark = monitor.mark()
+            started = hub.start()
+            try:
+                ready = wait_ready(hub, self.timeout)
+            except TimeoutError as exc:
+                self.memory["restarted hub (timed out)"] = hub.memory_kib()
+                raise TimeoutError(
+                    f"{exc}; kernel ops logged meanwhile: {sum(hub.applied())}"
+                ) from None
+            time.sleep(3.0)  # a late write would have landed by now
+            routes = monitor.events(hub.ifname, mark)
+            peers = peers_changed(before, wg_dump(hub.ifname))
+        finally:
+            monitor.close()
         writes = hub.applied()
         self.memory["restarted hub"] = hub.memory_kib()
-        log(f"N={self.n} restart: ready in {ready - started:.2f}s, kernel ops {sum(writes)}")
+        log(
+            f"N={self.n} restart: ready in {ready - started:.2f}s (floor {floor:.2f}s), kernel "
+            f"writes seen {routes + peers} (logged {sum(writes)})"
+        )
         return {
             "ready_s": ready - started,
-            "kernel_ops": sum(writes),
+            "floor_s": floor,
+            "ratio": (ready - started) / floor,
+            "kernel_ops": routes + peers,
+            "route_events": routes,
+            "peers_changed": peers,
+            "logged_ops": sum(writes),
             "reconciles_that_wrote": len(writes),
             "peers_after": wg_peer_count(hub.ifname),
         }
+
+    def restart_floor(self, ifname: str) -> float:
+        """What a restart must do at least: start a Python process, LIST the peer Nodes,
+        read the device (`wg show dump`) and its routes once."""
+        started = time.perf_counter()
+        run([sys.executable, "-c", "import wgkube.operator.main"])
+        self.api.list_peer_nodes()
+        wg_dump(ifname)
+        route_count(ifname)
+        return time.perf_counter() - started
 
     # -- converge from Nodes already in the API --------------------------------------------
     def converge(self) -> dict[str, Any]:
@@ -388,6 +466,7 @@ def run_suite(plan: Plan, work: Path) -> dict[str, Any]:
         finally:
             api.stop()
     result: dict[str, Any] = {
+        "idle_python_kib": idle_python_kib(),
         "sizes": sizes,
         "debounce_s": DEFAULT_DEBOUNCE,
         "latency_n": plan.latency_size,

@@ -42,10 +42,12 @@ from wgkube.testing.netns import create_netns, delete_netns
 
 ROOT = Path(__file__).resolve().parent.parent
 DEBOUNCE = 0.2
-TARGET_RATIO = 2.0
+TARGET_RATIO = 1.5
+TARGET_ISOLATED_S = 0.05
+TARGET_P99_SLACK = 0.1
 TARGET_LATENCY_SLACK = 0.05
 TARGET_MEMORY_MB = 150.0
-HOST_BUDGET = {"full": 900.0, "quick": 300.0}
+HOST_BUDGET = {"full": 2700.0, "quick": 400.0}
 VM_TIMEOUT = 600
 VM_PEERS = 200
 
@@ -233,7 +235,6 @@ def build(host: dict[str, Any], vm: dict[str, Any] | None, quick: bool) -> dict[
         return value if isinstance(value, dict) else {}
 
     largest = max(ns) if ns else 0
-    smallest = min(ns) if ns else 0
 
     # 1. convergence
     conv_rows, burst_rows = [], []
@@ -248,20 +249,23 @@ def build(host: dict[str, Any], vm: dict[str, Any] | None, quick: bool) -> dict[
         row["ours_runs_s"] = c.get("ours_runs_s")
         row["baseline_runs_s"] = c.get("baseline_runs_s")
         conv_rows.append(row)
-        b, floor = at(n, "burst"), at(n, "burst_floor")
+        b, floor, made = at(n, "burst"), at(n, "burst_floor"), at(n, "create_baseline")
         brow: dict[str, Any] = {"n": n}
-        if _ok(b) and _ok(floor):
-            base = b["create_s"] + floor["floor_s"]
+        if _ok(b) and _ok(floor) and _ok(made):
+            base = made["create_s"] + floor["floor_s"]
             brow.update(
                 ours_s=b["ours_s"],
-                create_s=b["create_s"],
+                create_s=made["create_s"],
+                create_with_hub_s=b["create_s"],
                 apply_floor_s=floor["floor_s"],
                 baseline_s=base,
                 ratio=b["ours_s"] / base,
                 reconciles_that_wrote=b["reconciles_that_wrote"],
             )
         else:
-            brow.update(status="failed", error=b.get("error") or floor.get("error"))
+            brow.update(
+                status="failed", error=b.get("error") or floor.get("error") or made.get("error")
+            )
         burst_rows.append(brow)
     if ns:
         last = conv_rows[-1]
@@ -299,8 +303,9 @@ def build(host: dict[str, Any], vm: dict[str, Any] | None, quick: bool) -> dict[
         "for all peers + one `ip -batch` (address, up, all routes)",
         "preexisting": conv_rows,
         "burst_definition": "hub ready with no peers; N Nodes created over HTTP (8 in flight) "
-        "-> N peers and routes; baseline = the creation time itself + `wg set` all peers and "
-        "`ip -batch` all routes onto an existing device",
+        "-> N peers and routes; baseline = the time to create the same N Nodes into a fresh "
+        "emulator with no hub running + `wg set` all peers and `ip -batch` all routes onto an "
+        "existing device",
         "burst": burst_rows,
     }
 
@@ -314,6 +319,7 @@ def build(host: dict[str, Any], vm: dict[str, Any] | None, quick: bool) -> dict[
                     "n": n,
                     "samples": i["samples"],
                     "latency_s": i["latency_s"],
+                    "isolated_latency_s": i.get("isolated_latency_s"),
                     "kernel_ops_median": i["kernel_ops_median"],
                     "kernel_ops_max": i["kernel_ops_max"],
                     "verified_in_wireguard": i["verified_in_wireguard"],
@@ -323,32 +329,54 @@ def build(host: dict[str, Any], vm: dict[str, Any] | None, quick: bool) -> dict[
             inc_rows.append({"n": n, "status": "failed", "error": i.get("error")})
     measured_inc = [r for r in inc_rows if "latency_s" in r]
     limit = DEBOUNCE + TARGET_LATENCY_SLACK
+    limit99 = DEBOUNCE + TARGET_P99_SLACK
     big = next((r for r in measured_inc if r["n"] == largest), None)
     if big is not None:
-        p50 = big["latency_s"]["p50"]
+        q = big["latency_s"]
         target(
-            f"incremental median at N={largest}",
+            f"one change following another within the debounce, N={largest}: p50",
             f"<= {limit * 1000:.0f} ms (debounce {DEBOUNCE * 1000:.0f} ms + 50 ms)",
-            f"{p50 * 1000:.0f} ms",
-            p50 <= limit,
+            f"{q['p50'] * 1000:.0f} ms ({q['p50'] / limit:.2f}x the target)",
+            q["p50"] <= limit,
+        )
+        target(
+            f"one change following another within the debounce, N={largest}: p99",
+            f"<= {limit99 * 1000:.0f} ms (debounce + 100 ms)",
+            f"{q['p99'] * 1000:.0f} ms ({q['p99'] / limit99:.2f}x the target)",
+            q["p99"] <= limit99,
         )
     else:
-        target(
-            f"incremental median at N={largest}", f"<= {limit * 1000:.0f} ms", "not measured", False
+        target(f"one change, N={largest}: p50", f"<= {limit * 1000:.0f} ms", "not measured", False)
+    isolated = [r for r in measured_inc if r.get("isolated_latency_s")]
+    if isolated:
+        worst = max(isolated, key=lambda r: r["isolated_latency_s"]["p50"])
+        each = ", ".join(
+            f"N={r['n']}: {r['isolated_latency_s']['p50'] * 1000:.0f} ms" for r in isolated
         )
-    small = next((r for r in measured_inc if r["n"] == smallest), None)
-    if big is not None and small is not None and big is not small:
         target(
-            "kernel ops per change do not grow with N",
-            f"N={largest} median <= N={smallest} median",
-            f"{big['kernel_ops_median']:g} at N={largest} vs {small['kernel_ops_median']:g} "
-            f"at N={smallest} (max {big['kernel_ops_max']} vs {small['kernel_ops_max']})",
-            big["kernel_ops_median"] <= small["kernel_ops_median"],
+            "an isolated change (quiet for a debounce before it), p50 at every N",
+            f"<= {TARGET_ISOLATED_S * 1000:.0f} ms",
+            f"{each} (worst {worst['isolated_latency_s']['p50'] / TARGET_ISOLATED_S:.2f}x)",
+            worst["isolated_latency_s"]["p50"] <= TARGET_ISOLATED_S,
         )
+    else:
+        target("an isolated change, p50", "<= 50 ms", "not measured", False)
+    if len(measured_inc) >= 3:
+        medians = {r["n"]: r["kernel_ops_median"] for r in measured_inc}
+        target(
+            "kernel writes per change (counted from outside) independent of N",
+            f"the same median at {len(medians)} sizes",
+            ", ".join(f"N={n}: {m:g}" for n, m in medians.items()),
+            len(set(medians.values())) == 1,
+        )
+    else:
+        target("kernel writes per change independent of N", "3 sizes", "not measured", False)
     incremental = {
         "definition": "merge-PATCH of one Node's allowed-ips annotation -> the new route is in "
-        "the kernel (the product writes it after the peer's allowed-ips; verified with `wg show` "
-        "after the samples); kernel ops = K of 'applying K change(s)'",
+        "the kernel, polled every ms. Pairs: A after a quiet debounce interval (isolated), B "
+        "a few ms after A (it follows A within the debounce; latency_s). Kernel writes per "
+        "change = (route events from `ip monitor route` + peers changed in a `wg show dump` "
+        "diff) for the pair / 2; verified with `wg show` after the samples",
         "debounce_s": DEBOUNCE,
         "results": inc_rows,
     }
@@ -396,10 +424,16 @@ def build(host: dict[str, Any], vm: dict[str, Any] | None, quick: bool) -> dict[
     rlast = restart_rows[-1] if restart_rows else {}
     if _ok(rlast) and "ready_s" in rlast:
         target(
-            f"restart at N={largest}: kernel writes",
+            f"restart at N={largest}: kernel writes (route events + dump diff, 3 s past ready)",
             "0",
-            f"{rlast['kernel_ops']} (ready in {rlast['ready_s']:.2f}s)",
+            f"{rlast['kernel_ops']} (the hub logged {rlast.get('logged_ops')})",
             rlast["kernel_ops"] == 0,
+        )
+        target(
+            f"restart at N={largest}: ready",
+            f"<= {TARGET_RATIO:g}x the floor (Python with the hub's imports + LIST + one dump)",
+            f"{rlast['ratio']:.1f}x ({rlast['ready_s']:.2f}s vs {rlast['floor_s']:.2f}s)",
+            rlast["ratio"] <= TARGET_RATIO,
         )
     else:
         target(
@@ -427,16 +461,39 @@ def build(host: dict[str, Any], vm: dict[str, Any] | None, quick: bool) -> dict[
             }
         )
     peak_mb = mem_rows[-1]["peak_vmhwm_mb"] if mem_rows else None
+    idle_kib = host.get("idle_python_kib")
+    idle_mb = idle_kib * 1024 / 1e6 if isinstance(idle_kib, int) else None
     if isinstance(peak_mb, float):
         target(
             f"hub peak RSS at N={largest}",
             f"<= {TARGET_MEMORY_MB:g} MB",
-            f"{peak_mb:.0f} MB",
+            f"{peak_mb:.0f} MB ({peak_mb / TARGET_MEMORY_MB:.2f}x the target; an idle Python "
+            f"with the same imports: {idle_mb:.0f} MB)"
+            if idle_mb
+            else f"{peak_mb:.0f} MB",
             peak_mb <= TARGET_MEMORY_MB,
         )
     else:
         target(f"hub peak RSS at N={largest}", f"<= {TARGET_MEMORY_MB:g} MB", "not measured", False)
-    memory = {"definition": "VmHWM of each hub process (MB = 10^6 bytes)", "results": mem_rows}
+    memory = {
+        "definition": "VmHWM of each hub process (MB = 10^6 bytes)",
+        "idle_python_mb": idle_mb,
+        "results": mem_rows,
+    }
+
+    # 6. API load: the hub's defaults, as shipped
+    from wgkube.operator.hub import LIST_PAGE
+    from wgkube.operator.settings import HubSettings
+
+    relist = HubSettings.model_fields["resync_interval"].default
+    target(
+        "API load in steady state: no periodic full LIST more often than every 10 min",
+        ">= 600 s between LISTs by default; paginated",
+        f"--resync-interval default {relist:g} s; LIST pages of {LIST_PAGE} with the peer label "
+        "selector (no resourceVersion=0: the server would ignore the limit); read from the "
+        "shipped settings, not measured",
+        relist >= 600,
+    )
 
     return {
         "convergence": convergence,
@@ -498,17 +555,19 @@ def _convergence_lines(c: dict[str, Any]) -> list[str]:
 def _incremental_lines(inc: dict[str, Any]) -> list[str]:
     lines = [
         "2. Incremental change: one peer's allowed-ips annotation -> new route in the kernel",
-        f"   {'N':>6} {'samples':>8} {'p50 ms':>7} {'p95 ms':>7} {'max ms':>7}"
-        "  kernel ops per change (median, max)",
+        "   (B: a change a few ms after another; A: isolated, after a quiet debounce interval)",
+        f"   {'N':>6} {'pairs':>8} {'B p50':>7} {'B p99':>7} {'B max':>7} {'A p50':>7} {'A p99':>7}"
+        "  kernel writes per change, from outside (median, max)",
     ]
     for r in inc["results"]:
         if "latency_s" not in r:
             lines.append(f"   {r['n']:>6} {_why(r)}")
             continue
-        q = r["latency_s"]
+        q, a = r["latency_s"], r.get("isolated_latency_s") or {}
         lines.append(
-            f"   {r['n']:>6} {r['samples']:>8} {_ms(q['p50']):>7} {_ms(q['p95']):>7} "
-            f"{_ms(q['max']):>7}  {r['kernel_ops_median']:g}, {r['kernel_ops_max']}"
+            f"   {r['n']:>6} {r['samples']:>8} {_ms(q['p50']):>7} {_ms(q['p99']):>7} "
+            f"{_ms(q['max']):>7} {_ms(a.get('p50')):>7} {_ms(a.get('p99')):>7}  "
+            f"{r['kernel_ops_median']:g}, {r['kernel_ops_max']:g}"
             + ("" if r["verified_in_wireguard"] else "  (wg show disagrees!)")
         )
     return lines
@@ -559,15 +618,23 @@ def render(results: dict[str, Any]) -> str:
     lines += ["", *_disruption_lines(s["disruption"])]
     lines += [
         "",
-        "4. Restart with N peers in place -> /readyz ready",
-        f"   {'N':>6} {'ready':>10} {'kernel writes':>14}",
+        "4. Restart with N peers in place -> /readyz ready (writes seen from outside)",
+        f"   {'N':>6} {'ready':>10} {'floor':>10} {'ratio':>7} {'kernel writes':>14}",
     ]
     for r in s["restart"]["results"]:
         if "ready_s" in r:
-            lines.append(f"   {r['n']:>6} {_s(r['ready_s']):>10} {r['kernel_ops']:>14}")
+            lines.append(
+                f"   {r['n']:>6} {_s(r['ready_s']):>10} {_s(r.get('floor_s')):>10} "
+                f"{r.get('ratio', 0):>6.1f}x {r['kernel_ops']:>14}"
+            )
         else:
             lines.append(f"   {r['n']:>6} {_why(r)}")
-    lines += ["", "5. Memory: hub peak RSS (VmHWM, MB = 10^6 bytes)"]
+    idle = s["memory"].get("idle_python_mb")
+    lines += [
+        "",
+        "5. Memory: hub peak RSS (VmHWM, MB = 10^6 bytes)"
+        + (f"; idle Python with the same imports {idle:.0f} MB" if idle else ""),
+    ]
     for r in s["memory"]["results"]:
         each = ", ".join(
             f"{k}: {val * 1024 / 1e6:.0f}" for k, val in r["vmhwm_kib_by_process"].items()
@@ -599,9 +666,18 @@ def render(results: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small N, few samples, no VM")
-    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results.json")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help="where to write the results (default bench/results/DATE.json, kept in the repo)",
+    )
     parser.add_argument("--no-vm", action="store_true", help="skip the VM (disruption)")
     args = parser.parse_args(argv)
+    if args.json is None:
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H%M%SZ")
+        name = f"{stamp}-quick.json" if args.quick else f"{stamp}.json"
+        args.json = ROOT / "bench" / "results" / name
     if os.geteuid() != 0:
         print("bench.run: needs root (network namespaces)", file=sys.stderr)
         return 2

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from wgkube.desired.model import CONFLICT, DesiredState, PeerSpec
+from wgkube.diff.cache import ObservedCache
 from wgkube.diff.model import AddRoute, ObservedState, Operation, UpsertPeer
 from wgkube.diff.plan import describe, plan
 from wgkube.domain.errors import KernelError, OperationRejected, RouteConflict, WgKubeError
@@ -97,11 +98,25 @@ class Reconciler:
         self._retrying = set(self.refused)
 
     observer: ReconcileObserver | None = None
+    cache: ObservedCache | None = None
+    """The kernel as of the last clean apply (None: read it). Dropped by any failure."""
+    reads: int = 0
+    """Kernel reads (observe) made, for the scale tests and the bench."""
 
-    async def reconcile(self, desired: DesiredState) -> tuple[Operation, ...]:
+    async def reconcile(
+        self, desired: DesiredState, changed: Collection[PublicKey] | None = None
+    ) -> tuple[Operation, ...]:
+        """Make the kernel match `desired`.
+
+        With `changed` (the peers whose desired spec changed since the last reconcile)
+        and a cache from a clean last apply, only those peers and their routes are
+        diffed, against the cache: no kernel read, work in proportion to the change.
+        Without either, the kernel is read and everything diffed (start-up, resync,
+        after a failure): drift made by hand is repaired there.
+        """
         started = time.monotonic()
         try:
-            ops = await self._reconcile(desired)
+            ops = await self._reconcile(desired, changed)
             for key in self._retrying:  # taken by the kernel this time
                 self.refused.pop(key, None)
         except WgKubeError:
@@ -114,12 +129,26 @@ class Reconciler:
             self.observer.reconciled(time.monotonic() - started, ops)
         return ops
 
-    async def _reconcile(self, desired: DesiredState) -> tuple[Operation, ...]:
+    async def _reconcile(
+        self, desired: DesiredState, changed: Collection[PublicKey] | None
+    ) -> tuple[Operation, ...]:
         ifname = desired.device.name
         self._forget_changed(desired)
-        observed = await self.kernel.observe(ifname)
-        effective = self._without_refused(desired, observed)
-        ops = plan(effective, observed, applied_endpoints=self.applied_endpoints)
+        cache, self.cache = self.cache, None  # back only after a clean apply
+        if changed is None or cache is None or desired.peers is None:
+            observed = await self.kernel.observe(ifname)
+            self.reads += 1
+            cache = ObservedCache(observed) if observed.exists else None
+            effective = self._without_refused(desired, observed)
+            ops = plan(effective, observed, applied_endpoints=self.applied_endpoints)
+            narrow = False
+        else:
+            observed = cache.state() if self.keep_refused else cache.device
+            effective = self._without_refused(desired, observed)
+            ops = plan(
+                *cache.narrowed(effective, changed), applied_endpoints=self.applied_endpoints
+            )
+            narrow = True
         if ops:
             _log_changes(ifname, ops)
             writes = self.kernel.writes
@@ -135,6 +164,7 @@ class Reconciler:
                         exc,
                     )
                     effective = await self._isolate(desired, observed)
+                    cache = None  # some of it was refused: read the kernel next time
             except KernelError as exc:
                 done = self.kernel.writes - writes
                 if done and not isinstance(exc, OperationRejected):
@@ -147,7 +177,17 @@ class Reconciler:
                     )
                 raise
         if effective.peers is not None:
-            self.applied_endpoints = {k: p.endpoint for k, p in effective.peers.items()}
+            if narrow and changed is not None:
+                for key in changed:
+                    spec = effective.peers.get(key)
+                    if spec is None:
+                        self.applied_endpoints.pop(key, None)
+                    else:
+                        self.applied_endpoints[key] = spec.endpoint
+            else:
+                self.applied_endpoints = {k: p.endpoint for k, p in effective.peers.items()}
+        if cache is not None and desired.peers is not None and cache.replay(ops):
+            self.cache = cache
         return ops
 
     def _forget_changed(self, desired: DesiredState) -> None:

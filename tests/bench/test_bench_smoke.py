@@ -75,9 +75,10 @@ def test_convergence_has_ours_baseline_and_ratio(results: dict[str, Any]) -> Non
 
 def test_incremental_has_latency_and_kernel_ops(results: dict[str, Any]) -> None:
     rows = results["sections"]["incremental"]["results"]
-    assert len(rows) >= 2
+    assert len(rows) >= 3  # O(1) is shown at three sizes
     for row in rows:
         assert number(row["latency_s"]["p50"]), row
+        assert number(row["isolated_latency_s"]["p50"]), row
         assert number(row["kernel_ops_median"]), row
         assert row["verified_in_wireguard"] is True
 
@@ -96,7 +97,9 @@ def test_restart_memory_and_latency_have_numbers(results: dict[str, Any]) -> Non
     sections = results["sections"]
     for row in sections["restart"]["results"]:
         assert number(row["ready_s"]), row
+        assert number(row["floor_s"]), row
         assert number(row["kernel_ops"]), row
+    assert number(sections["memory"]["idle_python_mb"])
     for row in sections["memory"]["results"]:
         assert number(row["peak_vmhwm_mb"]), row
     latency = sections["latency"]["latency_s"]

@@ -101,8 +101,10 @@ def hub_state(
     tunnel for it would carry the hub's own underlay traffic into the tunnel.
     """
     own_key = device.private_key.public_key()
-    records = list(records)
-    names = {r.public_key: r.node for r in records}
+    records = sorted(records, key=seniority)
+    names: dict[PublicKey, str] = {}
+    for r in records:
+        names.setdefault(r.public_key, r.node)  # the Node that holds the key (the oldest)
     endpoints = [
         Protected.address(r.endpoint.host, f"the endpoint {r.endpoint.host} of node {r.node!r}")
         for r in records
@@ -124,7 +126,7 @@ def hub_state(
     peers: dict[PublicKey, PeerSpec] = {}
     key_owner: dict[PublicKey, str] = {}
     rejections: list[Rejection] = []
-    for record in sorted(records, key=seniority):
+    for record in records:
         if record.public_key == own_key:
             rejections.append(
                 Rejection(record.node, CONFLICT, "public-key is the hub's own public key")
@@ -179,3 +181,262 @@ def hub_state(
         net for spec in peers.values() for net in spec.allowed_ips if not is_default_route(net)
     )
     return DesiredState(device=device, peers=peers, routes=routes), rejections
+
+
+class _NetIndex:
+    """Which names claim a prefix that overlaps a given one, without scanning them all.
+
+    CIDR blocks nest or do not meet: a block overlapping `q` either starts inside `q`
+    (one bisect over the sorted starts) or contains it (one lookup per shorter length).
+    """
+
+    def __init__(self) -> None:
+        self._exact: dict[IPNetwork, set[str]] = {}
+        self._sorted: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
+        self._at: dict[tuple[int, int, int], IPNetwork] = {}
+
+    def add(self, net: IPNetwork, name: str) -> None:
+        holders = self._exact.get(net)
+        if holders is None:
+            self._exact[net] = holders = set()
+            spot = (int(net.network_address), net.prefixlen)
+            bisect.insort(self._sorted[net.version], spot)
+            self._at[(net.version, *spot)] = net
+        holders.add(name)
+
+    def discard(self, net: IPNetwork, name: str) -> None:
+        holders = self._exact.get(net)
+        if holders is None:
+            return
+        holders.discard(name)
+        if not holders:
+            del self._exact[net]
+            spot = (int(net.network_address), net.prefixlen)
+            items = self._sorted[net.version]
+            del items[bisect.bisect_left(items, spot)]
+            del self._at[(net.version, *spot)]
+
+    def overlapping(self, net: IPNetwork) -> set[str]:
+        out: set[str] = set()
+        start, end = int(net.network_address), int(net.broadcast_address)
+        items = self._sorted[net.version]
+        i = bisect.bisect_left(items, (start, -1))
+        while i < len(items) and items[i][0] <= end:
+            out |= self._exact[self._at[(net.version, *items[i])]]
+            i += 1
+        for length in range(net.prefixlen):
+            holders = self._exact.get(net.supernet(new_prefix=length))
+            if holders:
+                out |= holders
+        return out
+
+
+class _HostIndex:
+    """Addresses (endpoints) by owner, answering "which lie inside this prefix"."""
+
+    def __init__(self) -> None:
+        self._owners: dict[tuple[int, int], set[object]] = {}
+        self._sorted: dict[int, list[int]] = {4: [], 6: []}
+
+    def add(self, host: IPNetwork, owner: object) -> None:
+        spot = (host.version, int(host.network_address))
+        owners = self._owners.get(spot)
+        if owners is None:
+            self._owners[spot] = owners = set()
+            bisect.insort(self._sorted[host.version], spot[1])
+        owners.add(owner)
+
+    def discard(self, host: IPNetwork, owner: object) -> None:
+        spot = (host.version, int(host.network_address))
+        owners = self._owners.get(spot)
+        if owners is None:
+            return
+        owners.discard(owner)
+        if not owners:
+            del self._owners[spot]
+            items = self._sorted[host.version]
+            del items[bisect.bisect_left(items, spot[1])]
+
+    def inside(self, net: IPNetwork) -> set[object]:
+        out: set[object] = set()
+        items = self._sorted[net.version]
+        i = bisect.bisect_left(items, int(net.network_address))
+        end = int(net.broadcast_address)
+        while i < len(items) and items[i] <= end:
+            out |= self._owners[(net.version, items[i])]
+            i += 1
+        return out
+
+
+def _host(endpoint: Endpoint) -> IPNetwork:
+    return ipaddress.ip_network(endpoint.host)
+
+
+class HubDesired:
+    """`hub_state` kept up to date Node by Node: a change costs the Nodes it can affect.
+
+    A Node's acceptance depends only on the Nodes it conflicts with: those sharing its
+    public key, claiming an overlapping prefix, or whose prefixes cover its endpoint (or
+    the reverse). The Nodes connected to a change through that relation (transitively: a
+    Node let in can shut out a younger one, which lets in a third) are recomputed with
+    `hub_state` itself; no other Node's outcome can differ, so the result equals a full
+    recomputation (the property test in tests/unit/test_desired_incremental.py).
+
+    The protected set and the learned endpoints are given to `reset` (at every resync,
+    where the whole state is recomputed anyway).
+    """
+
+    def __init__(
+        self,
+        device: DeviceSpec,
+        *,
+        persistent_keepalive: int = 0,
+        peer_cidrs: tuple[IPNetwork, ...] | None = None,
+    ) -> None:
+        self.device = device
+        self._keepalive = persistent_keepalive
+        self._peer_cidrs = peer_cidrs
+        self._clear()
+
+    def _clear(self) -> None:
+        self._protected: tuple[Protected, ...] = ()
+        self._learned: dict[PublicKey, Endpoint] = {}
+        self._learned_hosts = _HostIndex()
+        self._records: dict[str, PeerRecord] = {}
+        self._by_key: dict[PublicKey, set[str]] = {}
+        self._nets = _NetIndex()
+        self._endpoints = _HostIndex()
+        self._peers: dict[PublicKey, PeerSpec] = {}
+        self._holder: dict[str, PublicKey] = {}
+        """Accepted Node -> the key whose peer it gives."""
+        self._rejections: dict[str, Rejection] = {}
+        self._routes: set[IPNetwork] = set()
+
+    # -- the result --------------------------------------------------------------------
+    def state(self) -> DesiredState:
+        return DesiredState(
+            device=self.device, peers=dict(self._peers), routes=frozenset(self._routes)
+        )
+
+    def rejections(self) -> list[Rejection]:
+        return list(self._rejections.values())
+
+    # -- changes -----------------------------------------------------------------------
+    def reset(
+        self,
+        records: Iterable[PeerRecord],
+        *,
+        protected: Iterable[Protected] = (),
+        learned_endpoints: Mapping[PublicKey, Endpoint] | None = None,
+    ) -> None:
+        """Everything from scratch (start-up, every resync)."""
+        self._clear()
+        self._protected = tuple(protected)
+        self._learned = dict(learned_endpoints or {})
+        for key, endpoint in self._learned.items():
+            self._learned_hosts.add(_host(endpoint), key)
+        for record in records:
+            self._index(record)
+        self._recompute(set(self._records))
+
+    def update(self, changes: Mapping[str, PeerRecord | None]) -> set[PublicKey]:
+        """Take the Nodes' new records (None: no longer a usable peer); returns the
+        public keys whose desired peer was added, changed or removed."""
+        before: list[PeerRecord] = []
+        for name, record in changes.items():
+            old = self._records.get(name)
+            if old == record:
+                continue
+            if old is not None:
+                self._unindex(old)
+                before.append(old)
+            if record is not None:
+                self._index(record)
+        seeds = [self._records[n] for n in changes if n in self._records] + before
+        if not seeds:
+            return set()
+        return self._recompute(self._component(seeds))
+
+    # -- internals ---------------------------------------------------------------------
+    def _index(self, record: PeerRecord) -> None:
+        self._records[record.node] = record
+        self._by_key.setdefault(record.public_key, set()).add(record.node)
+        for net in record.allowed_ips:
+            self._nets.add(net, record.node)
+        if record.endpoint is not None:
+            self._endpoints.add(_host(record.endpoint), record.node)
+
+    def _unindex(self, record: PeerRecord) -> None:
+        del self._records[record.node]
+        holders = self._by_key[record.public_key]
+        holders.discard(record.node)
+        if not holders:
+            del self._by_key[record.public_key]
+        for net in record.allowed_ips:
+            self._nets.discard(net, record.node)
+        if record.endpoint is not None:
+            self._endpoints.discard(_host(record.endpoint), record.node)
+
+    def _related(self, record: PeerRecord) -> set[str]:
+        """The Nodes whose outcome can depend on `record`'s, or it on theirs."""
+        out = set(self._by_key.get(record.public_key, ()))
+        for net in record.allowed_ips:
+            out |= self._nets.overlapping(net)
+            out |= {str(n) for n in self._endpoints.inside(net)}
+            for key in self._learned_hosts.inside(net):
+                if isinstance(key, PublicKey):
+                    out |= self._by_key.get(key, set())
+        hosts = [record.endpoint] if record.endpoint is not None else []
+        if (learned := self._learned.get(record.public_key)) is not None:
+            hosts.append(learned)
+        for endpoint in hosts:
+            out |= self._nets.overlapping(_host(endpoint))
+        return out
+
+    def _component(self, seeds: list[PeerRecord]) -> set[str]:
+        seen: set[str] = {r.node for r in seeds}
+        frontier = list(seeds)
+        while frontier:
+            record = frontier.pop()
+            for name in self._related(record) - seen:
+                seen.add(name)
+                frontier.append(self._records[name])
+        return seen
+
+    def _recompute(self, names: set[str]) -> set[PublicKey]:
+        records = [self._records[n] for n in names if n in self._records]
+        covered: set[object] = set()
+        for record in records:
+            for net in record.allowed_ips:
+                covered |= self._learned_hosts.inside(net)
+        learned = {k: e for k, e in self._learned.items() if k in covered}
+        state, rejections = hub_state(
+            self.device,
+            records,
+            persistent_keepalive=self._keepalive,
+            protected=self._protected,
+            learned_endpoints=learned,
+            peer_cidrs=self._peer_cidrs,
+        )
+        old: dict[PublicKey, PeerSpec] = {}
+        for name in names:
+            key = self._holder.pop(name, None)
+            if key is not None:
+                spec = self._peers.pop(key)
+                old[key] = spec
+                self._routes.difference_update(spec.allowed_ips)
+            self._rejections.pop(name, None)
+        rejected = {r.node for r in rejections}
+        for rejection in rejections:
+            self._rejections[rejection.node] = rejection
+        assert state.peers is not None
+        for record in records:
+            if record.node in rejected:
+                continue
+            spec = state.peers[record.public_key]
+            self._holder[record.node] = record.public_key
+            self._peers[record.public_key] = spec
+            self._routes.update(n for n in spec.allowed_ips if not is_default_route(n))
+        touched = {k for k in old if self._peers.get(k) != old[k]}
+        touched |= {k for k in state.peers if k not in old}
+        return touched

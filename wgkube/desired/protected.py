@@ -140,9 +140,15 @@ class ProtectedIndex:
     """
 
     def __init__(self, protected: Iterable[Protected]) -> None:
+        # `what` breaks ties: two things at one address are named the same way every time.
         items = sorted(
             set(protected),
-            key=lambda p: (p.network.version, int(p.network.network_address), p.what),
+            key=lambda p: (
+                p.network.version,
+                int(p.network.network_address),
+                p.network.prefixlen,
+                p.what,
+            ),
         )
         self._keys: dict[int, list[int]] = {4: [], 6: []}
         self._hosts: dict[int, list[Protected]] = {4: [], 6: []}

@@ -49,6 +49,8 @@ class _Device:
     fwmark: int = 0
     peers: dict[str, dict[str, Any]] = field(default_factory=dict)
     routes: set[str] = field(default_factory=set)
+    owners: dict[str, str] | None = None
+    """Allowed-ip -> peer key, built on first use; entries may be stale (checked)."""
 
 
 class MemoryKernel:
@@ -254,7 +256,12 @@ class MemoryKernel:
             wanted: list[IPNetwork] = list(op.allowed_ips)
             # The kernel's allowed-IPs trie is per device: a prefix moves to its new peer.
             taken = {str(n) for n in wanted}
-            for other_key, other in dev.peers.items():
-                if other_key != op.public_key.b64:
+            if dev.owners is None:  # prefix -> peer, so a move need not scan every peer
+                dev.owners = {n: k for k, p in dev.peers.items() for n in p["allowed_ips"]}
+            for other_key in {dev.owners[n] for n in taken if n in dev.owners}:
+                other = dev.peers.get(other_key)
+                if other_key != op.public_key.b64 and other is not None:
                     other["allowed_ips"] = [n for n in other["allowed_ips"] if n not in taken]
+            for n in taken:
+                dev.owners[n] = op.public_key.b64
             peer["allowed_ips"] = sorted(taken)

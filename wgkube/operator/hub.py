@@ -30,7 +30,7 @@ from wgkube.kernel import Kernel, open_kernel
 from wgkube.kernel.base import RtnlBackedKernel
 from wgkube.kube.address import api_server_addresses
 from wgkube.kube.client import Api, Forbidden, KubeApiError, load_configuration
-from wgkube.kube.watch import follow_config_map
+from wgkube.kube.watch import follow_config_map, follow_nodes
 from wgkube.observe.book import HealthBook
 from wgkube.observe.metrics import Metrics, thresholds
 from wgkube.operator.loop import Guard, HubLoop
@@ -44,6 +44,8 @@ MANIFESTS_RBAC = "manifests/10-rbac.yaml"
 """Where the grants named in permission errors live."""
 NODES_ROLE = "the ClusterRole wg-kube-hub (nodes: get, list, watch, patch)"
 ANNOUNCEMENT_ROLE = "the Role wg-kube-hub-announcement (namespace wg-kube, configmaps)"
+LIST_PAGE = 500
+"""Nodes per page of the hub's Node list."""
 
 
 def load_key(settings: HubSettings) -> PrivateKey:
@@ -129,9 +131,17 @@ async def read_guard(settings: HubSettings, kernel: Kernel, api_url: str) -> Gua
         protected += host_protected(
             addresses, routes, wireguard=settings.interface, own_protocol=settings.route_protocol
         )
-    observed = await kernel.observe(settings.interface)
-    learned = {k: p.endpoint for k, p in observed.peers.items() if p.endpoint is not None}
+    peers = await kernel.peers(settings.interface) or {}  # one device dump, no routes
+    learned = {k: p.endpoint for k, p in peers.items() if p.endpoint is not None}
     return protected, learned
+
+
+def peer_fields(node: dict[str, Any]) -> dict[str, Any]:
+    """What the registry reads of a Node (its metadata without managedFields, and the
+    addresses that default allowed-ips): not the conditions, images and node info."""
+    meta = {k: v for k, v in (node.get("metadata") or {}).items() if k != "managedFields"}
+    addresses = (node.get("status") or {}).get("addresses") or []
+    return {"metadata": meta, "status": {"addresses": addresses}}
 
 
 async def relist_peers(api: Api, peers: PeerRegistry, problems: Problems) -> None:
@@ -139,7 +149,13 @@ async def relist_peers(api: Api, peers: PeerRegistry, problems: Problems) -> Non
     resync (it catches deletions a broken watch missed). Watch events that land while it
     is in flight are newer and win by resourceVersion."""
     with problems.track("list Nodes", NODES_ROLE):
-        nodes, version = await api.list_nodes()
+        # Peers only (the selector keeps other Nodes out of memory), in pages. Not
+        # resourceVersion=0: kube-apiserver (1.37 too) then ignores `limit` and answers
+        # all 10,000 Nodes at once (~40 MB of JSON, several times that parsed); a
+        # paginated consistent list is served from its watch cache by recent servers.
+        nodes, version = await api.list_nodes(
+            f"{peers.keys.peer}=true", page=LIST_PAGE, keep=peer_fields
+        )
     if peers.replace_all(nodes, version):
         log.info("Node list applied: %d peer Node(s) known", len(peers))
 
@@ -224,6 +240,7 @@ class Hub:
             relist=functools.partial(relist_peers, api, peers, problems),
             debounce=settings.debounce,
             resync_interval=settings.resync_interval,
+            kernel_resync_interval=settings.kernel_resync_interval,
             persistent_keepalive=settings.persistent_keepalive,
             guard=functools.partial(read_guard, settings, kernel, str(configuration.host)),
             peer_cidrs=settings.peer_cidrs,
@@ -386,11 +403,40 @@ class Hub:
                 on_error=on_error,
             )
         )
+        own = asyncio.create_task(self.follow_own_node())
         try:
             await self._publisher(resync_interval)
         finally:
             follower.cancel()
-            await asyncio.gather(follower, return_exceptions=True)
+            own.cancel()
+            await asyncio.gather(follower, own, return_exceptions=True)
+
+    async def follow_own_node(self) -> None:
+        """Watch the hub's own Node by name (Kopf watches peers only): its ExternalIP
+        gives the endpoint, and its label and annotations are put back when removed."""
+
+        async def seen(node: NodeBody) -> None:
+            self.node = node
+            if not self.announced(node):
+                try:
+                    await self.announce(node)
+                except KubeApiError as exc:  # the next change or restart tries again
+                    log.warning("re-announcing the hub failed: %s", exc)
+
+        async def on_list(items: list[dict[str, Any]]) -> None:
+            for node in items:
+                await seen(node)
+
+        async def on_event(kind: str, obj: dict[str, Any]) -> None:
+            if kind != "DELETED":
+                await seen(obj)
+
+        await follow_nodes(
+            self.api,
+            field_selector=f"metadata.name={self.settings.node_name}",
+            on_list=on_list,
+            on_event=on_event,
+        )
 
     async def _publisher(self, resync_interval: float) -> None:
         backoff = 0.5

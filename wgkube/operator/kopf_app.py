@@ -1,9 +1,14 @@
 """The hub's Kopf side: one thin handler that feeds the registry, and Kopf's settings.
 
 Only `@kopf.on.event` is used: it stores no handler state, adds no finalizers and writes
-nothing onto Nodes. The registry is complete only after the loop's own first list of
-Nodes (not Kopf's: `@kopf.index` would tell when Kopf's listing is done, but it gates
-every object on every other and takes minutes at 5000 Nodes).
+nothing onto Nodes. Kopf's watch carries the server-side selector `<prefix>peer=true`, so
+other Nodes (thousands in a large cluster) never reach the hub's memory; unlabelling
+arrives as DELETED (a selector watch sends it). The hub's own Node, not a peer, is
+followed by the hub itself (Hub.follow_own_node).
+
+The registry is complete only after the loop's own first list of Nodes (not Kopf's:
+`@kopf.index` would tell when Kopf's listing is done, but it gates every object on
+every other and takes minutes at 5000 Nodes).
 """
 
 from __future__ import annotations
@@ -48,6 +53,9 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.watching.reconnect_backoff = 0.5
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
+    # Kopf's initial list in pages: 10,000 kubelet-sized Nodes at once are ~40 MB of JSON
+    # and several times that parsed, the hub's peak memory.
+    settings.watching.chunk_size = 500
     settings.networking.request_timeout = 30
 
 
@@ -62,6 +70,11 @@ def install(
     @kopf.on.startup(registry=registry)
     def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure(settings)
+        try:
+            hub = current()
+        except KeyError:  # `kopf run` (dev): the hub starts later; Kopf watches all Nodes
+            return
+        settings.watching.label_selectors["nodes"] = f"{hub.settings.keys.peer}=true"
 
     if login:
 

@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from wgkube.desired.hub import hub_state, seniority
+from wgkube.desired.hub import HubDesired, seniority
 from wgkube.desired.model import INVALID, DeviceSpec, Rejection
 from wgkube.desired.protected import Protected
 from wgkube.domain.errors import WgKubeError
@@ -26,6 +26,44 @@ Relister = Callable[[], Awaitable[None]]
 Guard = tuple[tuple[Protected, ...], dict[PublicKey, Endpoint]]
 """What no allowed-ips may cover, and the endpoints WireGuard has learned."""
 Guarder = Callable[[], Awaitable[Guard]]
+
+
+Clock = Callable[[], float]
+
+
+@dataclass
+class Debouncer:
+    """When to apply what the watch delivered: at once for an isolated change, after
+    `interval` for what follows it.
+
+    A change is isolated when nothing happened for `interval` before it (leading edge):
+    it is applied at once. Changes that arrive while that reconcile runs, or within
+    `interval` of the previous change, wait `interval` and go in one reconcile (the
+    burst of a thousand Nodes being created is gathered, a single edit is not delayed).
+    """
+
+    interval: float
+    _last: float = float("-inf")
+    """When the newest change arrived."""
+    _pending: bool = False
+    _leading: bool = False
+
+    def event(self, now: float) -> None:
+        if not self._pending:
+            self._pending = True
+            self._leading = now - self._last >= self.interval
+        self._last = now
+
+    def delay(self) -> float:
+        """Seconds to wait before applying what is pending."""
+        if not self._pending or self._leading:
+            return 0.0
+        return self.interval
+
+    def taken(self) -> None:
+        """What was pending is being applied: what arrives from now on is new."""
+        self._pending = False
+        self._leading = False
 
 
 @dataclass
@@ -55,7 +93,11 @@ class HubLoop:
     report: Reporter
     relist: Relister
     debounce: float = 0.2
-    resync_interval: float = 60.0
+    resync_interval: float = 600.0
+    """Seconds between API relists (each followed by a kernel resync)."""
+    kernel_resync_interval: float | None = None
+    """Seconds between kernel resyncs (read back, recompute, repair drift); None: only
+    with the relist."""
     persistent_keepalive: int = 0
     guard: Guarder | None = None
     """Reads the protected set; called before the first reconcile and at every resync."""
@@ -63,12 +105,27 @@ class HubLoop:
     guarded: Guard = field(default_factory=lambda: ((), {}))
     listed: asyncio.Event = field(default_factory=asyncio.Event)
     stats: LoopStats = field(default_factory=LoopStats)
+    clock: Clock = time.monotonic
+    """Times the changes for the debounce (a fake one in tests)."""
+    pause: Callable[[float], Awaitable[None]] = asyncio.sleep
+    """Waits out the debounce (a recording one in tests)."""
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    _debouncer: Debouncer | None = None
+    _desired: HubDesired | None = None
     _reported: dict[str, Rejection] = field(default_factory=dict)
     _healthy: bool = False
 
     def wake(self) -> None:
+        """A Node changed: apply it at once if nothing else happened for a debounce
+        interval before it, else gather it with what follows (Debouncer)."""
+        self.debouncer.event(self.clock())
         self._wakeup.set()
+
+    @property
+    def debouncer(self) -> Debouncer:
+        if self._debouncer is None:
+            self._debouncer = Debouncer(self.debounce)
+        return self._debouncer
 
     @property
     def ready(self) -> bool:
@@ -78,27 +135,36 @@ class HubLoop:
         await self._first_list()
         log.info("initial Node listing complete: %d peer Node(s) known", len(self.registry))
         next_resync = time.monotonic() + self.resync_interval
+        kernel_every = min(
+            self.kernel_resync_interval or self.resync_interval, self.resync_interval
+        )
+        next_kernel = time.monotonic() + kernel_every
         backoff = 0.5
         while True:
-            timeout = max(0.0, next_resync - time.monotonic())
+            timeout = max(0.0, min(next_resync, next_kernel) - time.monotonic())
             # asyncio.timeout, not wait_for: no extra task for Kopf to wait on at exit.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._wakeup.wait()
-            resync = time.monotonic() >= next_resync
-            if self._wakeup.is_set() and self.debounce:
-                await asyncio.sleep(self.debounce)  # gather the burst
+            relist = time.monotonic() >= next_resync
+            resync = relist or time.monotonic() >= next_kernel
+            if self._wakeup.is_set() and (delay := self.debouncer.delay()):
+                await self.pause(delay)  # gather the burst
             self._wakeup.clear()
-            if resync:
+            self.debouncer.taken()
+            if relist:
                 try:
                     await self.relist()
                 except WgKubeError as exc:
                     log.warning("resync: cannot list Nodes (%s); keeping the current peers", exc)
+            if resync:
                 # What the kernel refused is tried once more: the cause may have gone.
                 self.reconciler.retry_refused()
                 await self._guard()
             try:
-                await self.reconcile_once()
+                # Between resyncs only what changed is computed and diffed (against what
+                # was applied); a resync recomputes everything against the kernel.
+                await self.reconcile_once(full=resync)
             except WgKubeError as exc:
                 self.stats.failures += 1
                 self._healthy = False
@@ -108,8 +174,10 @@ class HubLoop:
                 self.wake()
                 continue
             backoff = 0.5
-            if resync:
+            if relist:
                 next_resync = time.monotonic() + self.resync_interval
+            if resync:
+                next_kernel = time.monotonic() + kernel_every
 
     async def _first_list(self) -> None:
         """Nothing is reconciled before one complete list of Nodes: until then the kernel
@@ -135,21 +203,34 @@ class HubLoop:
         except WgKubeError as exc:
             log.warning("cannot read the addresses to protect (%s); keeping the last set", exc)
 
-    async def reconcile_once(self) -> None:
+    async def reconcile_once(self, *, full: bool = True) -> None:
+        """One reconcile. `full`: desired state recomputed from every Node and diffed
+        against the kernel as read; else only the Nodes changed since the last one, diffed
+        against what was applied (the first reconcile is always full)."""
         started = time.monotonic()
-        desired, rejections = hub_state(
-            self.device,
-            self.registry.records(),
-            persistent_keepalive=self.persistent_keepalive,
-            protected=self.guarded[0],
-            learned_endpoints=self.guarded[1],
-            peer_cidrs=self.peer_cidrs,
-        )
+        state = self._desired
+        changed = None
+        if full or state is None:
+            state = self._desired = HubDesired(
+                self.device,
+                persistent_keepalive=self.persistent_keepalive,
+                peer_cidrs=self.peer_cidrs,
+            )
+            self.registry.take_changes()
+            state.reset(
+                self.registry.records(),
+                protected=self.guarded[0],
+                learned_endpoints=self.guarded[1],
+            )
+        else:
+            changed = state.update(self.registry.take_changes())
+        desired = state.state()
+        rejections = state.rejections()
         rejections += [
             Rejection(e.ref.name, INVALID, e.error or "") for e in self.registry.invalid()
         ]
         try:
-            ops = await self.reconciler.reconcile(desired)
+            ops = await self.reconciler.reconcile(desired, None if full else changed)
         finally:
             # Also after a failed reconcile: the peers it refused before failing are known.
             rejections += self._refused()
@@ -174,6 +255,8 @@ class HubLoop:
 
     def _refused(self) -> list[Rejection]:
         """The peers whose data the kernel refused, as rejections of their Nodes."""
+        if not self.reconciler.refused:
+            return []
         # Oldest last: of two Nodes with one key, the older holds the peer (seniority).
         records = sorted(self.registry.records(), key=seniority, reverse=True)
         nodes = {r.public_key: r.node for r in records}

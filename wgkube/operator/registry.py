@@ -46,7 +46,7 @@ class PeerRegistry:
     def __init__(
         self, keys: Keys, own_node: str, *, max_prefixes: int = DEFAULT_MAX_PEER_PREFIXES
     ) -> None:
-        self._keys = keys
+        self.keys = keys
         self._own = own_node
         self._max_prefixes = max_prefixes
         self._entries: dict[str, Entry] = {}
@@ -54,6 +54,8 @@ class PeerRegistry:
         """Newest resourceVersion taken per Node name (deletions included)."""
         self.version = 0
         """Bumped on every change, so the loop can tell whether anything happened."""
+        self._changed: set[str] = set()
+        """Names changed since the last `take_changes`."""
 
     def observe(self, node: NodeBody, *, deleted: bool = False) -> bool:
         """Take one Node as it now is; returns whether the registry changed.
@@ -69,11 +71,11 @@ class PeerRegistry:
             if version <= self._versions.get(name, -1):
                 return False
             self._versions[name] = version
-        if deleted or not is_peer(node, self._keys):
+        if deleted or not is_peer(node, self.keys):
             return self._set(name, None)
         ref = NodeRef(name, str(node.get("metadata", {}).get("uid") or ""))
         try:
-            entry = Entry(ref, decode_peer(node, self._keys, max_prefixes=self._max_prefixes), None)
+            entry = Entry(ref, decode_peer(node, self.keys, max_prefixes=self._max_prefixes), None)
         except AnnotationError as exc:
             entry = Entry(ref, None, str(exc))
         return self._set(name, entry)
@@ -109,7 +111,18 @@ class PeerRegistry:
         else:
             self._entries[name] = entry
         self.version += 1
+        self._changed.add(name)
         return True
+
+    def take_changes(self) -> dict[str, PeerRecord | None]:
+        """Each Node changed since the last call, with its usable record (None: gone,
+        no longer a peer, or unusable): what the incremental desired state takes."""
+        changed, self._changed = self._changed, set()
+        out: dict[str, PeerRecord | None] = {}
+        for name in sorted(changed):
+            entry = self._entries.get(name)
+            out[name] = entry.record if entry is not None else None
+        return out
 
     def records(self) -> list[PeerRecord]:
         return [e.record for e in self._entries.values() if e.record is not None]

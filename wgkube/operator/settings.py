@@ -82,10 +82,17 @@ class HubSettings(NodeSettings):
     """WireGuard: kernel, userspace (wireguard-go) or auto (kernel when it can); memory: tests."""
 
     debounce: float = Field(0.2, ge=0, le=60, json_schema_extra=_env("WG_DEBOUNCE"))
-    """Seconds to gather Node events before one reconcile."""
+    """Seconds to gather Node events before one reconcile (an isolated change goes at once)."""
 
-    resync_interval: float = Field(60.0, gt=0, json_schema_extra=_env("WG_RESYNC_INTERVAL"))
-    """Seconds between full resyncs (re-list Nodes, repair drift made by hand)."""
+    resync_interval: float = Field(600.0, gt=0, json_schema_extra=_env("WG_RESYNC_INTERVAL"))
+    """Seconds between full resyncs: re-list Nodes (catch what a broken watch missed),
+    then as a kernel resync. 10 minutes: a LIST of 10,000 Nodes is not cheap for the API."""
+
+    kernel_resync_interval: float = Field(
+        60.0, gt=0, json_schema_extra=_env("WG_KERNEL_RESYNC_INTERVAL")
+    )
+    """Seconds between kernel resyncs: read the device and the host's protected set back,
+    recompute every peer and repair drift made by hand (no API request)."""
 
     persistent_keepalive: int = Field(
         0, ge=0, le=65535, json_schema_extra=_env("WG_PERSISTENT_KEEPALIVE")

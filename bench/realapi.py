@@ -1,0 +1,254 @@
+"""The N-peer scenarios against the real kube-apiserver (and etcd) from `make controlplane`.
+
+    .venv/bin/python -m bench.realapi --peers 10000 [--json OUT]
+
+The kernel side is the memory backend (its state in a file): what is measured here is the
+API side, with Nodes as kubelets write them (bench.common.peer_node, ~4 KB each):
+  create    N Nodes created over HTTPS (8 in flight), no hub running: the baseline
+  converge  hub spawn, N Nodes in the API -> all N peers and routes in the device state;
+            floor = a Python process with the hub's imports + one paginated LIST of the
+            peer Nodes over HTTPS (the apply itself is free for the memory backend)
+  change    one Node's allowed-ips patched, quiet before it -> the device state has it
+            (the memory backend writes the whole state file per apply: at 10,000 peers
+            that write is part of the figure)
+  restart   the hub stopped and started -> /readyz ready; writes = device state file
+            rewritten or changed (from outside), watched 3 s past ready
+  memory    the hub's VmHWM
+No network namespace, no WireGuard: needs only the control-plane binaries
+(WGKUBE_CONTROLPLANE_BIN).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import ssl
+import sys
+import tempfile
+import time
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench.common import (
+    MOVED_BASE,
+    PREFIX,
+    HubProcess,
+    hub_node,
+    log,
+    make_peers,
+    median,
+    peer_allowed,
+    peer_node,
+    run,
+    summary,
+)
+from wgkube.testing.controlplane import ControlPlane, missing_binaries
+
+STATE_ENV = "WGKUBE_MEMORY_STATE"
+
+
+@dataclass
+class RealApi:
+    """HTTPS to kube-apiserver as the admin (permissions are not what is measured)."""
+
+    url: str
+    token: str
+    ca: Path
+    kubeconfig: Path
+
+    @classmethod
+    def of(cls, plane: ControlPlane) -> RealApi:
+        config = json.loads(plane.kubeconfig.read_text())
+        token = str(config["users"][0]["user"]["token"])
+        return cls(plane.url, token, plane.ca_file, plane.kubeconfig)
+
+    def _ssl(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca))
+
+    async def _session(self) -> aiohttp.ClientSession:
+        headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
+        return aiohttp.ClientSession(
+            headers=headers, connector=aiohttp.TCPConnector(ssl=self._ssl())
+        )
+
+    def create_nodes(self, bodies: Sequence[Mapping[str, Any]], concurrency: int = 8) -> float:
+        async def go() -> float:
+            started = time.perf_counter()
+            todo = iter(bodies)
+            async with await self._session() as session:
+
+                async def worker() -> None:
+                    for body in todo:
+                        async with session.post(f"{self.url}/api/v1/nodes", json=body) as resp:
+                            if resp.status >= 300:
+                                raise RuntimeError(f"create: {resp.status} {await resp.text()}")
+                            await resp.read()
+
+                await asyncio.gather(*(worker() for _ in range(concurrency)))
+            return time.perf_counter() - started
+
+        return asyncio.run(go())
+
+    def list_peers(self, page: int = 500) -> int:
+        """One paginated LIST of the peer Nodes (as the hub does it); how many."""
+
+        async def go() -> int:
+            selector = urllib.parse.quote(f"{PREFIX}peer=true")
+            count, token = 0, ""
+            async with await self._session() as session:
+                while True:
+                    url = f"{self.url}/api/v1/nodes?labelSelector={selector}&limit={page}"
+                    url += f"&continue={urllib.parse.quote(token)}" if token else ""
+                    async with session.get(url) as resp:
+                        data = await resp.json()
+                    count += len(data.get("items") or [])
+                    token = (data.get("metadata") or {}).get("continue") or ""
+                    if not token:
+                        return count
+
+        return asyncio.run(go())
+
+    def patch_node(self, name: str, patch: Mapping[str, Any]) -> None:
+        async def go() -> None:
+            async with (
+                await self._session() as session,
+                session.patch(
+                    f"{self.url}/api/v1/nodes/{name}",
+                    data=json.dumps(patch),
+                    headers={"Content-Type": "application/merge-patch+json"},
+                ) as resp,
+            ):
+                if resp.status >= 300:
+                    raise RuntimeError(f"patch: {resp.status} {await resp.text()}")
+
+        asyncio.run(go())
+
+
+def device(path: Path, ifname: str) -> dict[str, Any]:
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    result: dict[str, Any] = data.get("devices", {}).get(ifname, {})
+    return result
+
+
+def wait_state(path: Path, ifname: str, peers: int, timeout: float, hub: HubProcess) -> float:
+    deadline = time.perf_counter() + timeout
+    while True:
+        now = time.perf_counter()
+        dev = device(path, ifname)
+        if len(dev.get("peers", {})) == peers and len(dev.get("routes", [])) == peers:
+            return now
+        hub.check_alive()
+        if now > deadline:
+            raise TimeoutError(f"{len(dev.get('peers', {}))} peers after {timeout:.0f}s")
+        time.sleep(0.2)
+
+
+def wait_ready(hub: HubProcess, timeout: float) -> float:
+    deadline = time.perf_counter() + timeout
+    while True:
+        now = time.perf_counter()
+        body = hub.readyz()
+        if body and body.get("ready"):
+            return now
+        hub.check_alive()
+        if now > deadline:
+            raise TimeoutError(f"not ready after {timeout:.0f}s")
+        time.sleep(0.02)
+
+
+def scenario(n: int, work: Path, changes: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"n": n, "api": "kube-apiserver + etcd (make controlplane)"}
+    with ControlPlane(workdir=work / "controlplane") as plane:
+        api = RealApi.of(plane)
+        plane.kubectl("create", "namespace", "wg-kube")
+        api.create_nodes([hub_node()])
+        peers = make_peers(n)
+        log(f"real API, N={n}: creating {n} Nodes (no hub running)")
+        out["create_s"] = api.create_nodes([peer_node(p, i) for i, p in enumerate(peers)])
+        floor_runs = []
+        for _ in range(3):
+            started = time.perf_counter()
+            run([sys.executable, "-c", "import wgkube.operator.main"])
+            assert api.list_peers() == n
+            floor_runs.append(time.perf_counter() - started)
+        out["floor_s"] = median(floor_runs)
+        state = work / "device.json"
+        os.environ[STATE_ENV] = str(state)
+        hub = HubProcess(work, api, "wgreal", backend="memory")  # type: ignore[arg-type]
+        try:
+            started = hub.start()
+            done = wait_state(state, hub.ifname, n, 120 + 0.05 * n, hub)
+            out["converge_s"] = done - started
+            out["converge_ratio"] = out["converge_s"] / out["floor_s"]
+            wait_ready(hub, 60)
+            log(f"real API, N={n}: converged in {out['converge_s']:.2f}s")
+            time.sleep(1.0)
+            latencies = []
+            for j in range(changes):
+                new = peer_allowed(j, MOVED_BASE)
+                t0 = time.perf_counter()
+                api.patch_node(
+                    peers[j].name, {"metadata": {"annotations": {PREFIX + "allowed-ips": new}}}
+                )
+                key = peers[j].key
+                while device(state, hub.ifname).get("peers", {}).get(key, {}).get(
+                    "allowed_ips"
+                ) != [new]:
+                    if time.perf_counter() - t0 > 30:
+                        raise TimeoutError(f"change {j} not applied")
+                    time.sleep(0.002)
+                latencies.append(time.perf_counter() - t0)
+                time.sleep(0.3)  # quiet for more than a debounce: the next one is isolated
+            out["isolated_change_s"] = summary(latencies)
+            out["memory_kib"] = hub.memory_kib()
+            hub.stop(only_hub=True)
+            before = (state.stat().st_mtime_ns, state.read_bytes())
+            started = hub.start()
+            ready = wait_ready(hub, 120 + 0.02 * n)
+            out["restart_ready_s"] = ready - started
+            out["restart_ratio"] = out["restart_ready_s"] / out["floor_s"]
+            time.sleep(3.0)
+            after = (state.stat().st_mtime_ns, state.read_bytes())
+            out["restart_state_rewritten"] = after[0] != before[0]
+            out["restart_state_changed"] = after[1] != before[1]
+            out["restart_memory_kib"] = hub.memory_kib()
+        finally:
+            hub.stop()
+    log(f"real API, N={n}: {json.dumps({k: v for k, v in out.items() if 's' in k[-2:]})}")
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.realapi")
+    parser.add_argument("--peers", type=int, default=10000)
+    parser.add_argument("--changes", type=int, default=20)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    if (why := missing_binaries()) is not None:
+        print(f"bench.realapi: {why}", file=sys.stderr)
+        return 2
+    from bench.run import environment
+
+    env = environment()
+    with tempfile.TemporaryDirectory(prefix="wgkube-realapi-") as tmp:
+        result = {"environment": env, **scenario(args.peers, Path(tmp), args.changes)}
+    result["environment"]["loadavg_end"] = list(os.getloadavg())
+    text = json.dumps(result, indent=2)
+    if args.json:
+        args.json.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
