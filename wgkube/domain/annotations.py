@@ -104,6 +104,10 @@ class HubRecord(BaseModel):
     public_key: PublicKey
     endpoint: Endpoint | None
     allowed_ips: tuple[IPNetwork, ...]
+    priority: int = 0
+    """--hub-priority: with several hubs, spokes prefer the highest (then the oldest Node)."""
+    created: datetime | None = None
+    """The hub Node's creationTimestamp: the older hub is preferred at equal priority."""
 
 
 def node_name(node: NodeBody) -> str:

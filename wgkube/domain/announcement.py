@@ -7,7 +7,12 @@ hubs, so several hubs fit later without a new format:
 
     data:
       hubs.json: {"version": 1, "hubs": [{"node": "hub-1", "publicKey": "…",
-                  "endpoint": "203.0.113.1:51820", "allowedIPs": ["100.96.0.0/24"]}]}
+                  "endpoint": "203.0.113.1:51820", "allowedIPs": ["100.96.0.0/24"],
+                  "priority": 10, "created": "2026-01-01T00:00:00+00:00"}]}
+
+`priority` (--hub-priority, default 0, omitted when 0) and `created` (the hub Node's
+creationTimestamp, omitted when unknown) order several hubs: every spoke computes the
+same preference from them (wgkube.desired.failover.preference).
 
 Unknown fields are ignored (a newer hub may add some); an unknown version is refused,
 since its meaning is unknown.
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from wgkube.domain.annotations import HubRecord
@@ -36,15 +42,20 @@ VERSION = 1
 
 def encode(hubs: Iterable[HubRecord]) -> dict[str, str]:
     """The ConfigMap `data` announcing `hubs` (sorted by Node name: stable bytes, no churn)."""
-    entries = [
-        {
+    entries: list[dict[str, Any]] = []
+    for hub in sorted(hubs, key=lambda h: h.node):
+        entry: dict[str, Any] = {
             "node": hub.node,
             "publicKey": hub.public_key.b64,
             "endpoint": None if hub.endpoint is None else str(hub.endpoint),
             "allowedIPs": [str(net) for net in normalize_networks(hub.allowed_ips)],
         }
-        for hub in sorted(hubs, key=lambda h: h.node)
-    ]
+        # Only when set: a single hub's document stays what it was before HA.
+        if hub.priority:
+            entry["priority"] = hub.priority
+        if hub.created is not None:
+            entry["created"] = hub.created.isoformat()
+        entries.append(entry)
     document = {"version": VERSION, "hubs": entries}
     return {DATA_KEY: json.dumps(document, sort_keys=True, separators=(",", ":"))}
 
@@ -96,16 +107,34 @@ def _hub(index: int, entry: Any) -> HubRecord:
             raise AnnouncementError(f"{where}: 'allowedIPs' is missing or empty")
         if not all(isinstance(cidr, str) for cidr in allowed):
             raise AnnouncementError(f"{where}: 'allowedIPs' holds a non-string")
+        priority = entry.get("priority", 0)
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            raise AnnouncementError(f"{where}: 'priority' is not an integer")
+        created = entry.get("created")
+        if created is not None and not isinstance(created, str):
+            raise AnnouncementError(f"{where}: 'created' is not a string")
         return HubRecord(
             node=node,
             public_key=PublicKey.parse(key),
             endpoint=Endpoint.parse(endpoint) if endpoint else None,
             allowed_ips=parse_networks(",".join(allowed)),
+            priority=priority,
+            created=_timestamp(where, created),
         )
     except AnnouncementError:
         raise
     except InvalidInput as exc:
         raise AnnouncementError(f"{where}: {exc}") from exc
+
+
+def _timestamp(where: str, text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        stamp = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise AnnouncementError(f"{where}: 'created' is not a timestamp: {text!r}") from exc
+    return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
 
 
 def with_hub(hubs: Iterable[HubRecord], hub: HubRecord) -> tuple[HubRecord, ...]:

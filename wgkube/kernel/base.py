@@ -27,6 +27,7 @@ from wgkube.diff.model import (
 )
 from wgkube.domain.errors import DeviceNotFound
 from wgkube.domain.keys import PrivateKey, PublicKey
+from wgkube.domain.net import IPNetwork
 from wgkube.kernel.port import MAIN_TABLE, ROUTE_PROTOCOL
 from wgkube.kernel.rtnl import Rtnl
 
@@ -149,6 +150,13 @@ class RtnlBackedKernel:
                 )
             case _:  # pragma: no cover - WireGuard operations never reach here
                 raise AssertionError(op)
+
+    async def move_route(self, ifname: str, destination: IPNetwork) -> None:
+        index = await self.rtnl.index(ifname)
+        await self.rtnl.move_route(
+            index, destination, table=self.route_table, protocol=self.route_protocol
+        )
+        self.writes += 1
 
     async def delete(self, ifname: str) -> None:
         if await self.rtnl.delete_link(ifname):

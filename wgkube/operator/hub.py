@@ -19,6 +19,7 @@ from wgkube.domain import announcement
 from wgkube.domain.annotations import (
     HubRecord,
     NodeBody,
+    creation_time,
     node_address,
     node_annotations,
     node_labels,
@@ -272,6 +273,9 @@ class Hub:
             public_key=self.key.public_key(),
             endpoint=self.settings.published_endpoint(str(external) if external else None),
             allowed_ips=self.settings.advertised,
+            # Several hubs: every spoke orders them by these (wgkube.desired.failover).
+            priority=self.settings.hub_priority,
+            created=creation_time(self.node or {}),
         )
 
     def wanted_data(self, config_map: NodeBody | None) -> dict[str, str]:
