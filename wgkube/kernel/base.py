@@ -151,10 +151,17 @@ class RtnlBackedKernel:
             case _:  # pragma: no cover - WireGuard operations never reach here
                 raise AssertionError(op)
 
-    async def move_route(self, ifname: str, destination: IPNetwork) -> None:
+    async def move_route(
+        self, ifname: str, destination: IPNetwork, *, among: Sequence[str]
+    ) -> None:
         index = await self.rtnl.index(ifname)
+        ours = {index}
+        for name in among:
+            link = await self.rtnl.link(name)
+            if link is not None:
+                ours.add(link.index)
         await self.rtnl.move_route(
-            index, destination, table=self.route_table, protocol=self.route_protocol
+            index, destination, ours, table=self.route_table, protocol=self.route_protocol
         )
         self.writes += 1
 

@@ -158,7 +158,9 @@ class MemoryKernel:
             self.writes += self._pending_writes
             self._save()
 
-    async def move_route(self, ifname: str, destination: IPNetwork) -> None:
+    async def move_route(
+        self, ifname: str, destination: IPNetwork, *, among: Sequence[str]
+    ) -> None:
         self._load()
         if (owner := self._foreign.get(str(destination))) is not None:
             raise RouteConflict(
@@ -167,8 +169,9 @@ class MemoryKernel:
         dev = self._devices.get(ifname)
         if dev is None:
             raise DeviceNotFound(f"interface {ifname} does not exist")
-        for other in self._devices.values():
-            other.routes.discard(str(destination))
+        for name in among:
+            if name in self._devices:
+                self._devices[name].routes.discard(str(destination))
         dev.routes.add(str(destination))
         self.writes += 1
         self._pending_writes = 1

@@ -43,11 +43,13 @@ class Kernel(Protocol):
 
     async def apply(self, ifname: str, ops: Sequence[Operation]) -> None: ...
 
-    async def move_route(self, ifname: str, destination: IPNetwork) -> None:
-        """Point our route to `destination` at `ifname` in one replace, from whichever
-        interface holds it (a failover between hubs: no moment without a route). Created
-        when there is none; a route with that key that is not ours is a RouteConflict
-        and stays as it is."""
+    async def move_route(
+        self, ifname: str, destination: IPNetwork, *, among: Sequence[str]
+    ) -> None:
+        """Point our route to `destination` at `ifname` in one replace, from whichever of
+        the interfaces `among` holds it (a failover between hubs: no moment without a
+        route). Created when there is none; a route with that key that is not ours on one
+        of them (another protocol, another device) is a RouteConflict and stays as it is."""
         ...
 
     async def delete(self, ifname: str) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 from socket import AF_INET, AF_INET6
 from typing import Any, NoReturn
@@ -252,14 +252,14 @@ class Rtnl:
             answer=answer,
         )
 
-    async def move_route(self, index: int, net: IPNetwork, *, table: int, protocol: int) -> None:
-        """One NLM_F_REPLACE of our route to `net`, wherever it points now, to `index`.
-
-        Only after reading who holds the key: a route to `net` that is not ours (another
-        protocol) is never replaced, as `add_route` never does.
-        """
+    async def move_route(
+        self, index: int, net: IPNetwork, ours: Collection[int], *, table: int, protocol: int
+    ) -> None:
+        """One NLM_F_REPLACE of our route to `net` (`protocol`, through one of the links
+        `ours`) to `index`. Only after reading who holds the key: any other route to `net`
+        is never replaced, as `add_route` never does."""
         holders = await self._same_key(net, table=table)
-        foreign = [h for h in holders if h[0] != protocol]
+        foreign = [h for h in holders if h[0] != protocol or h[1] not in ours]
         if foreign:
             owner = "; ".join([await self._describe(*h) for h in foreign])
             raise RouteConflict(

@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from wgkube.desired.failover import (
     FailoverPolicy,
@@ -46,6 +47,22 @@ HANDSHAKE_CHECK_EVERY = 5
 
 FailoverHook = Callable[[HubRecord | None, HubRecord, str], None]
 """Told (previous active hub, new active hub, why) right after the route moved."""
+
+
+def loosen_rp_filter(ifname: str) -> None:
+    """Every hub may deliver to this spoke, on its own device, while the route back points
+    at the active hub's: strict reverse-path filtering (rp_filter=1, which some hosts set
+    for all devices) would drop what the others deliver. Loose mode (2) still drops a
+    source that no route at all leads back to. The kernel uses the larger of the `all`
+    value and the device's, so the device is set to 2 only where the result would be 1."""
+    base = Path("/proc/sys/net/ipv4/conf")
+    try:
+        values = [int((base / name / "rp_filter").read_text()) for name in ("all", ifname)]
+        if max(values) == 1:
+            (base / ifname / "rp_filter").write_text("2\n")
+            log.info("set rp_filter=2 (loose) on %s: other hubs deliver on it", ifname)
+    except (OSError, ValueError):
+        return  # no such device (the memory kernel) or no /proc: nothing to loosen
 
 
 @dataclass
@@ -167,8 +184,9 @@ class HubSet:
                 # whose reconcile did not finish): move them, never add beside them.
                 await self._move_routes(target, states[target].routes)
             ops: list[Operation] = []
-            for state in states.values():
+            for ifname, state in states.items():
                 ops.extend(await self.reconciler.reconcile(state))
+                loosen_rp_filter(ifname)
             return tuple(ops)
 
     async def _remove_unused(self) -> None:
@@ -194,8 +212,9 @@ class HubSet:
         observed = await self.kernel.observe(ifname)
         if not observed.exists:
             return  # made by the reconcile that follows, routes and all
+        among = [hub_interface_name(self.device.name, slot) for slot in range(MAX_HUBS)]
         for net in sorted(routes - observed.routes, key=str):
-            await self.kernel.move_route(ifname, net)
+            await self.kernel.move_route(ifname, net, among=among)
 
     # -- probes and failover ------------------------------------------------------------
     async def run(self) -> None:

@@ -19,6 +19,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from wgkube.desired.spoke import MAX_HUBS, hub_interface_name
 from wgkube.diff.model import ObservedState
 from wgkube.domain.keys import PrivateKey, load_private_key
 from wgkube.kernel import Backend, Kernel, open_kernel
@@ -40,6 +41,10 @@ class Node:
     index: int
     ns: str = ""
     pid: int = 0
+    address: str = ""
+    """The overlay address when not the default (a second hub needs its own)."""
+    args: tuple[str, ...] = ()
+    """Extra arguments for this node's `wg-kube` (e.g. --hub-priority)."""
 
     @property
     def underlay(self) -> str:
@@ -47,6 +52,8 @@ class Node:
 
     @property
     def wg_address(self) -> str:
+        if self.address:
+            return self.address
         return HUB_WG if self.role == "hub" else f"100.96.0.{self.index}"
 
     @property
@@ -75,7 +82,7 @@ class LabState:
     @classmethod
     def load(cls, workdir: Path) -> LabState:
         data = json.loads((workdir / "state.json").read_text())
-        nodes = [Node(**n) for n in data.pop("nodes")]
+        nodes = [Node(**{**n, "args": tuple(n.get("args", ()))}) for n in data.pop("nodes")]
         return cls(**data, nodes=nodes)
 
 
@@ -215,6 +222,8 @@ class Lab:
                 "--probe-address",
                 f"{node.underlay}:9798",
                 *self.hub_args,
+                *(("--address", f"{node.address}/32") if node.address else ()),
+                *node.args,
             ]
         else:
             argv = ["spoke"]
@@ -342,8 +351,9 @@ def clean(state: LabState) -> None:
         if node.ns:
             sh("ip", "netns", "del", node.ns, check=False)
         sh("ip", "link", "del", node.veth, check=False)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(f"/var/run/wireguard/{node.ifname}.sock")
+        for slot in range(MAX_HUBS):  # a spoke's devices for further hubs, too
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"/var/run/wireguard/{hub_interface_name(node.ifname, slot)}.sock")
     if state.bridge:
         sh("ip", "link", "del", BRIDGE, check=False)
     with contextlib.suppress(FileNotFoundError):
