@@ -66,12 +66,14 @@ def test_unknown_fields_are_ignored_for_later_features() -> None:
     assert decode(data) == (HUB.model_copy(update={"allowed_ips": nets("100.96.0.0/24")}),)
 
 
-def test_priority_and_creation_time_travel_with_each_hub_and_are_left_out_when_unset() -> None:
+def test_priority_creation_time_and_addresses_travel_with_each_hub_and_are_omitted_unset() -> None:
     created = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
-    ranked = HUB.model_copy(update={"priority": 5, "created": created})
+    ranked = HUB.model_copy(
+        update={"priority": 5, "created": created, "addresses": nets("100.96.0.1/32")}
+    )
     assert decode(encode([ranked])) == (ranked,)
-    assert "priority" not in encode([HUB])[DATA_KEY]
-    assert "created" not in encode([HUB])[DATA_KEY]
+    for field in ("priority", "created", "addresses"):
+        assert field not in encode([HUB])[DATA_KEY]
 
 
 @pytest.mark.parametrize(
@@ -81,6 +83,8 @@ def test_priority_and_creation_time_travel_with_each_hub_and_are_left_out_when_u
         ({"priority": True}, "'priority' is not an integer"),
         ({"created": 5}, "'created' is not a string"),
         ({"created": "yesterday"}, "'created' is not a timestamp"),
+        ({"addresses": "100.96.0.1/32"}, "'addresses' is not a list of strings"),
+        ({"addresses": ["not-an-address"]}, "hub 'hub-1'"),
     ],
 )
 def test_a_bad_priority_or_creation_time_refuses_the_announcement(

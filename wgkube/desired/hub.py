@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 from wgkube.desired.model import CONFLICT, DesiredState, DeviceSpec, PeerSpec, Rejection
 from wgkube.desired.protected import Protected, ProtectedIndex, describe, outside_pool
-from wgkube.domain.annotations import PeerRecord
+from wgkube.domain.annotations import HubRecord, PeerRecord
 from wgkube.domain.keys import PublicKey
 from wgkube.domain.net import Endpoint, IPNetwork, format_networks, normalize_networks
 
@@ -86,6 +86,7 @@ def hub_state(
     protected: Iterable[Protected] = (),
     learned_endpoints: Mapping[PublicKey, Endpoint] | None = None,
     peer_cidrs: tuple[IPNetwork, ...] | None = None,
+    hubs: Iterable[HubRecord] = (),
 ) -> tuple[DesiredState, list[Rejection]]:
     """Accept peers oldest first; a peer that conflicts with an accepted one is rejected whole.
 
@@ -99,6 +100,11 @@ def hub_state(
     server, the host's addresses, gateways and connected networks) nor any peer's
     endpoint, published or `learned_endpoints` (what WireGuard learned): a route into the
     tunnel for it would carry the hub's own underlay traffic into the tunnel.
+
+    `hubs` (the announcement; this hub's own entry is skipped) become peers first, on
+    their own addresses only, so that traffic can cross between hubs; a spoke claiming a
+    hub's address then conflicts with it. A hub entry without addresses, or whose
+    addresses overlap this hub's or an earlier hub's, is left out.
     """
     own_key = device.private_key.public_key()
     records = list(records)
@@ -121,6 +127,21 @@ def hub_state(
     peers: dict[PublicKey, PeerSpec] = {}
     key_owner: dict[PublicKey, str] = {}
     rejections: list[Rejection] = []
+    for other in sorted(hubs, key=lambda h: h.node):
+        mine = _collapsed(other.addresses)
+        if other.public_key == own_key or other.public_key in key_owner or not mine:
+            continue
+        if any(claims.owners_of(n) for n in mine):
+            continue
+        for net in mine:
+            claims.grant(net, other.node)
+        key_owner[other.public_key] = other.node
+        peers[other.public_key] = PeerSpec(
+            public_key=other.public_key,
+            endpoint=other.endpoint,
+            allowed_ips=normalize_networks(other.addresses),
+            persistent_keepalive=persistent_keepalive,
+        )
     for record in sorted(records, key=seniority):
         if record.public_key == own_key:
             rejections.append(

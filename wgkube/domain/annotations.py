@@ -108,6 +108,8 @@ class HubRecord(BaseModel):
     """--hub-priority: with several hubs, spokes prefer the highest (then the oldest Node)."""
     created: datetime | None = None
     """The hub Node's creationTimestamp: the older hub is preferred at equal priority."""
+    addresses: tuple[IPNetwork, ...] = ()
+    """The hub's own overlay addresses (host prefixes): the other hubs peer with it on them."""
 
 
 def node_name(node: NodeBody) -> str:

@@ -12,7 +12,8 @@ hubs, so several hubs fit later without a new format:
 
 `priority` (--hub-priority, default 0, omitted when 0) and `created` (the hub Node's
 creationTimestamp, omitted when unknown) order several hubs: every spoke computes the
-same preference from them (wgkube.desired.failover.preference).
+same preference from them (wgkube.desired.failover.preference). `addresses` (the hub's
+own overlay addresses, omitted when unknown) is where the other hubs peer with it.
 
 Unknown fields are ignored (a newer hub may add some); an unknown version is refused,
 since its meaning is unknown.
@@ -55,6 +56,8 @@ def encode(hubs: Iterable[HubRecord]) -> dict[str, str]:
             entry["priority"] = hub.priority
         if hub.created is not None:
             entry["created"] = hub.created.isoformat()
+        if hub.addresses:
+            entry["addresses"] = [str(net) for net in normalize_networks(hub.addresses)]
         entries.append(entry)
     document = {"version": VERSION, "hubs": entries}
     return {DATA_KEY: json.dumps(document, sort_keys=True, separators=(",", ":"))}
@@ -113,6 +116,9 @@ def _hub(index: int, entry: Any) -> HubRecord:
         created = entry.get("created")
         if created is not None and not isinstance(created, str):
             raise AnnouncementError(f"{where}: 'created' is not a string")
+        addresses = entry.get("addresses", [])
+        if not isinstance(addresses, list) or not all(isinstance(a, str) for a in addresses):
+            raise AnnouncementError(f"{where}: 'addresses' is not a list of strings")
         return HubRecord(
             node=node,
             public_key=PublicKey.parse(key),
@@ -120,6 +126,7 @@ def _hub(index: int, entry: Any) -> HubRecord:
             allowed_ips=parse_networks(",".join(allowed)),
             priority=priority,
             created=_timestamp(where, created),
+            addresses=parse_networks(",".join(addresses)) if addresses else (),
         )
     except AnnouncementError:
         raise

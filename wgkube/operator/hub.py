@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import ipaddress
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -276,6 +277,7 @@ class Hub:
             # Several hubs: every spoke orders them by these (wgkube.desired.failover).
             priority=self.settings.hub_priority,
             created=creation_time(self.node or {}),
+            addresses=tuple(ipaddress.ip_network(a.ip) for a in self.settings.address),
         )
 
     def wanted_data(self, config_map: NodeBody | None) -> dict[str, str]:
@@ -341,10 +343,12 @@ class Hub:
         async def on_list(items: list[dict[str, Any]]) -> None:
             self.problems.granted(what)
             self._seen = (items[0] if items else None,)
+            self._follow_hubs()
             self._publish.set()
 
         async def on_event(kind: str, obj: dict[str, Any]) -> None:
             self._seen = (None if kind == "DELETED" else obj,)
+            self._follow_hubs()
             self._publish.set()
 
         async def on_error(exc: KubeApiError) -> None:
@@ -368,6 +372,22 @@ class Hub:
         finally:
             follower.cancel()
             await asyncio.gather(follower, return_exceptions=True)
+
+    def _follow_hubs(self) -> None:
+        """The other announced hubs become peers on their own addresses (desired.hub_state);
+        a deleted or unusable announcement keeps the last good set."""
+        seen = self._seen[0] if self._seen else None
+        if seen is None:
+            return
+        try:
+            hubs = announcement.decode(seen.get("data"))
+        except AnnouncementError:
+            return  # logged when it is replaced (wanted_data)
+        others = tuple(h for h in hubs if h.node != self.settings.node_name)
+        if others != self.loop.hubs:
+            self.loop.hubs = others
+            log.info("hub peers: %s", ", ".join(h.node for h in others) or "none")
+            self.loop.wake()
 
     async def _publisher(self, resync_interval: float) -> None:
         backoff = 0.5

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from wgkube.desired.hub import hub_state, seniority
 from wgkube.desired.model import INVALID, DeviceSpec, Rejection
 from wgkube.desired.protected import Protected
+from wgkube.domain.annotations import HubRecord
 from wgkube.domain.errors import WgKubeError
 from wgkube.domain.keys import PublicKey
 from wgkube.domain.net import Endpoint, IPNetwork
@@ -60,6 +61,8 @@ class HubLoop:
     guard: Guarder | None = None
     """Reads the protected set; called before the first reconcile and at every resync."""
     peer_cidrs: tuple[IPNetwork, ...] | None = None
+    hubs: tuple[HubRecord, ...] = ()
+    """The announced hubs (set by the Hub from the announcement): peers on their addresses."""
     guarded: Guard = field(default_factory=lambda: ((), {}))
     listed: asyncio.Event = field(default_factory=asyncio.Event)
     stats: LoopStats = field(default_factory=LoopStats)
@@ -144,6 +147,7 @@ class HubLoop:
             protected=self.guarded[0],
             learned_endpoints=self.guarded[1],
             peer_cidrs=self.peer_cidrs,
+            hubs=self.hubs,
         )
         rejections += [
             Rejection(e.ref.name, INVALID, e.error or "") for e in self.registry.invalid()
