@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import logging
 import time
@@ -297,6 +298,8 @@ class HubSet:
         try:
             self.prober.open(ifname, ipaddress.IPv4Address(address))
         except OSError as exc:
+            if exc.errno == errno.ENODEV:
+                return  # made by the reconcile under way: probed from the next tick
             self._once(
                 f"cannot probe through {ifname} ({exc}): judging hub {hub.node} "
                 "by handshake age only until it can"
