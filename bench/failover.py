@@ -173,24 +173,37 @@ async def until(what: str, probe: Callable[[], Awaitable[bool]], within: float) 
     raise TimeoutError(f"timed out after {within:.0f}s: {what}")
 
 
-async def start(workdir: Path, *, hold_down: float = HOLD_DOWN) -> HaLab:
-    """Bridge, emulator, two hubs, two spokes; returns once both spokes reach each other
-    through the preferred hub. The caller holds the lab lock and calls `lab.clean()`."""
+def make_lab(workdir: Path, *, hold_down: float = HOLD_DOWN) -> Lab:
     env = {"WG_HUB_HOLD_DOWN": str(hold_down)}
-    lab = Lab(workdir, backend="userspace", hub_args=("--allowed-ips", RANGE), spoke_env=env)
-    ha = HaLab(lab)
+    return Lab(workdir, backend="userspace", hub_args=("--allowed-ips", RANGE), spoke_env=env)
+
+
+async def start(workdir: Path, *, hold_down: float = HOLD_DOWN) -> HaLab:
+    """Bridge, emulator, two hubs, two spokes (see `populate`). The caller holds the lab
+    lock and calls `lab.clean()`."""
+    lab = make_lab(workdir, hold_down=hold_down)
     lab.make_bridge()
     lab.start_api(in_process=True)
+    return await populate(lab)
+
+
+async def populate(lab: Lab, *, mark_hub: Callable[[str], object] | None = None) -> HaLab:
+    """Two hubs (hub-a preferred by --hub-priority) and two spokes on `lab`'s API; returns
+    once both spokes reach each other through hub-a. `mark_hub` labels a hub Node as an
+    administrator would (on a real cluster nodes may not label themselves)."""
+    ha = HaLab(lab)
     ha.hubs = [
         Node("hub-a", "hub", 1, args=("--hub-priority", "10")),
         Node("hub-b", "hub", 2, address="100.96.0.253"),
     ]
-    for hub in ha.hubs:
-        lab.add_node(hub)
-        lab.start_process(hub)
     ha.spokes = [Node(f"spoke-{i}", "spoke", 10 + i) for i in (1, 2)]
+    for node in (*ha.hubs, *ha.spokes):
+        lab.add_node(node)
+    for hub in ha.hubs:
+        if mark_hub is not None:
+            mark_hub(hub.name)
+        lab.start_process(hub)
     for spoke in ha.spokes:
-        lab.add_node(spoke)
         lab.start_process(spoke)
     for spoke in ha.spokes:
         for hub in ha.hubs:
