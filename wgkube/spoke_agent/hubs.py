@@ -93,6 +93,10 @@ class HubSet:
     _said: set[str] = field(default_factory=set)
     _slots_known: bool = False
     _adopted: bool = False
+    _pending: set[str] = field(default_factory=set)
+    """Devices that do not exist yet (the prober found none): not judged until they do."""
+    _devices: set[str] = field(default_factory=set)
+    """Devices the kernel adapter has shown (at the last handshake check)."""
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     # -- the announced hubs -------------------------------------------------------------
@@ -173,10 +177,10 @@ class HubSet:
                 self._slots_known = True
                 if self.active is None or self.active not in self.slots:
                     adopted = await self._adopt_active()
-                    self._adopted = adopted is not None
                     self.active = choose(
                         adopted, [h.node for h in self.hubs], self.health, self.clock(), self.policy
                     )
+                    self._adopted = adopted is not None and adopted == self.active
                 await self._remove_unused()
             states = self.desired(self.active)
             target = self.ifname(self.active) if self.active else None
@@ -185,8 +189,9 @@ class HubSet:
                 # whose reconcile did not finish): move them, never add beside them.
                 await self._move_routes(target, states[target].routes)
             ops: list[Operation] = []
-            for ifname, state in states.items():
-                ops.extend(await self.reconciler.reconcile(state))
+            # The active hub's device last: the others give up routes before it takes them.
+            for ifname in sorted(states, key=lambda name: name == target):
+                ops.extend(await self.reconciler.reconcile(states[ifname]))
                 loosen_rp_filter(ifname)
             return tuple(ops)
 
@@ -250,6 +255,10 @@ class HubSet:
                 continue
             with contextlib.suppress(KernelError):
                 peers = await self.kernel.peers(ifname)
+                if peers is None:
+                    self._devices.discard(ifname)
+                else:
+                    self._devices.add(ifname)
                 peer = (peers or {}).get(hub.public_key)
                 if peer is not None:
                     self._fresh[hub.node] = handshake_fresh(peer.last_handshake, now, self.policy)
@@ -262,6 +271,8 @@ class HubSet:
             if ifname is None:
                 continue
             fresh = self._fresh.get(hub.node, True)
+            if ifname in self._pending:
+                continue  # its device is still being made: no verdict yet
             if self.prober.probing(ifname):
                 if self._sent.get(hub.node) != seq - 1:
                     continue  # not probed last tick: no verdict yet
@@ -297,9 +308,12 @@ class HubSet:
             return
         try:
             self.prober.open(ifname, ipaddress.IPv4Address(address))
+            self._pending.discard(ifname)
         except OSError as exc:
-            if exc.errno == errno.ENODEV:
-                return  # made by the reconcile under way: probed from the next tick
+            if exc.errno == errno.ENODEV and ifname not in self._devices:
+                self._pending.add(ifname)  # made by the reconcile under way
+                return
+            self._pending.discard(ifname)
             self._once(
                 f"cannot probe through {ifname} ({exc}): judging hub {hub.node} "
                 "by handshake age only until it can"
