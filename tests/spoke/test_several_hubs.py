@@ -14,6 +14,7 @@ from tests.support.procs import MemoryDevice
 from wgkube.testing.apiserver import wait_for
 
 RANGE = "100.96.0.0/24"
+ACTIVE = "wireguard.kube/active-hub"
 
 
 def device(spoke: SpokeHarness, ifname: str) -> MemoryDevice:
@@ -81,3 +82,9 @@ def test_the_active_hub_going_silent_moves_the_route_once_with_an_event_and_keep
     time.sleep(1.5)
     assert spoke.device.writes == writes + 1, json.dumps(spoke.device.state())[:2000]
     assert len(hub_events(spoke)) == 1
+    # ... and the Node says where its traffic goes now (wg-kube status shows it).
+    wait_for(
+        lambda: spoke.node()["metadata"].get("annotations", {}).get(ACTIVE) == "hub-b",
+        timeout=15,
+        message="the active-hub annotation",
+    )

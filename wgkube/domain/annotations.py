@@ -75,6 +75,11 @@ class Keys(BaseModel):
         return self.prefix + "endpoint"
 
     @property
+    def active_hub(self) -> str:
+        """On a spoke's Node with several hubs: the hub its traffic goes through now."""
+        return self.prefix + "active-hub"
+
+    @property
     def allowed_ips(self) -> str:
         return self.prefix + "allowed-ips"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -145,10 +145,12 @@ class SpokeAgent:
         return self.several
 
     def _failed_over(self, old: HubRecord | None, new: HubRecord, why: str) -> None:
-        """Right after the route moved: log, metrics, status, and an Event in the background."""
+        """Right after the route moved: log, metrics, status, and in the background the
+        active-hub annotation on this Node (`wg-kube status`) and an Event."""
         self.on_active_hub(new.node, old is not None)
         self._state()
         self._wakeup.set()  # the reconcile tidies anything the move left
+        self._background(self._annotate_active(new.node))
         if old is None:
             log.info("traffic goes through hub %s (%s)", new.node, why)
             return
@@ -160,15 +162,26 @@ class SpokeAgent:
             new.node,
             why,
         )
-        task = asyncio.create_task(
+        self._background(
             self._post_event(
                 "Warning" if down else "Normal",
                 HUB_FAILOVER if down else HUB_FAILBACK,
                 f"traffic moved from hub {old.node} to hub {new.node}: {why}",
             )
         )
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
         self._events.add(task)
         task.add_done_callback(self._events.discard)
+
+    async def _annotate_active(self, hub: str | None) -> None:
+        """Best effort and after the fact: the API server may be behind the dead hub."""
+        patch = {"metadata": {"annotations": {self.settings.keys.active_hub: hub}}}
+        try:
+            await self.api.patch_node(self.settings.node_name, patch)
+        except KubeApiError as exc:
+            log.warning("cannot note the active hub on node %s: %s", self.settings.node_name, exc)
 
     async def _post_event(self, type_: str, reason: str, message: str) -> None:
         try:
@@ -519,6 +532,7 @@ class SpokeAgent:
                 if several is not None and self._leave_several:
                     await several.leave()
                     self._leave_several = False
+                    self._background(self._annotate_active(None))
                 hub = self.hub
                 ops = await self.reconciler.reconcile(self.desired())
                 refusal = self.reconciler.refused.get(hub.public_key) if hub else None

@@ -230,7 +230,11 @@ async def down(settings: SpokeSettings, key: PrivateKey) -> None:
                 {
                     "metadata": {
                         "labels": {keys.peer: None},
-                        "annotations": {keys.public_key: None, keys.allowed_ips: None}
+                        "annotations": {
+                            keys.public_key: None,
+                            keys.allowed_ips: None,
+                            keys.active_hub: None,
+                        }
                         | ({keys.endpoint: None} if settings.endpoint else {}),
                     }
                 },
