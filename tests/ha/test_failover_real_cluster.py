@@ -26,11 +26,13 @@ HOLD_DOWN = 3.0
 pytestmark = [pytest.mark.userspace, pytest.mark.realapi, pytest.mark.slow]
 
 
-def failover_events(admin: RealApiServer, node: str) -> list[dict[str, Any]]:
+def failover_events(
+    admin: RealApiServer, node: str, reason: str = "HubFailover"
+) -> list[dict[str, Any]]:
     return [
         e
         for e in admin.list("events", namespace="default")
-        if e.get("involvedObject", {}).get("name") == node and e.get("reason") == "HubFailover"
+        if e.get("involvedObject", {}).get("name") == node and e.get("reason") == reason
     ]
 
 
@@ -69,13 +71,19 @@ async def test_spokes_with_the_kubelets_identity_fail_over_and_report_it_on_thei
             assert record["worst_s"] <= failover.TARGET_WORST_S, record
 
             async def reported() -> bool:
-                return all(failover_events(admin, s.name) for s in ha.spokes)
+                return all(
+                    failover_events(admin, s.name) and failover_events(admin, s.name, "HubFailback")
+                    for s in ha.spokes
+                )
 
-            await failover.until("a HubFailover Event on each spoke's Node", reported, 20)
+            await failover.until("Failover and failback Events on each spoke", reported, 20)
             for spoke in ha.spokes:
                 (event,) = failover_events(admin, spoke.name)
                 assert event["type"] == "Warning"
                 assert "from hub hub-a to hub hub-b" in event["message"]
+                back = failover_events(admin, spoke.name, "HubFailback")
+                assert {e["type"] for e in back} == {"Normal"}
+                assert any("from hub hub-b to hub hub-a" in e["message"] for e in back)
             await lab.close_kernels()
             lab.clean()
     finally:

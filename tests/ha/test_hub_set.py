@@ -60,10 +60,12 @@ class Clock:
         return self.now
 
 
-def hub_set() -> tuple[HubSet, MemoryKernel, ScriptedProber, Clock, list[tuple[str, str, str]]]:
+def hub_set() -> tuple[
+    HubSet, MemoryKernel, ScriptedProber, Clock, list[tuple[str, str, str, bool]]
+]:
     kernel = MemoryKernel()
     prober, clock = ScriptedProber(), Clock()
-    moves: list[tuple[str, str, str]] = []
+    moves: list[tuple[str, str, str, bool]] = []
     device = DeviceSpec(
         name="wg0", private_key=priv("s"), listen_port=51820, addresses=(iface("100.96.0.2/32"),)
     )
@@ -74,7 +76,9 @@ def hub_set() -> tuple[HubSet, MemoryKernel, ScriptedProber, Clock, list[tuple[s
         policy=POLICY,
         prober=prober,
         clock=clock,
-        on_failover=lambda old, new, why: moves.append((old.node if old else "", new.node, why)),
+        on_failover=lambda old, new, why, down: moves.append(
+            (old.node if old else "", new.node, why, down)
+        ),
     )
     hubs.set_hubs((hub("hub-b"), hub("hub-a", priority=1)))
     return hubs, kernel, prober, clock, moves
@@ -102,7 +106,7 @@ async def test_the_preferred_hub_carries_the_routes_and_both_devices_hold_the_ra
         peers = (await kernel.observe(ifname)).peers
         assert set(peers) == {key}
         assert peers[key].allowed_ips == set(RANGE)
-    assert moves == [("", "hub-a", "the most preferred hub not known to be down")]
+    assert moves == [("", "hub-a", "the most preferred hub not known to be down", False)]
 
 
 async def test_three_missed_probes_move_the_route_once_and_the_hold_down_brings_it_back() -> None:
@@ -120,6 +124,7 @@ async def test_three_missed_probes_move_the_route_once_and_the_hold_down_brings_
     assert kernel.writes == writes + 1, "one route replace, nothing else"
     assert moves[-1][:2] == ("hub-a", "hub-b")
     assert "hub hub-a is down" in moves[-1][2]
+    assert moves[-1][3] is True, "a failover: the hub it left was down"
     seq = await ticks(hubs, clock, seq, 20)
     assert len(moves) == 2, "no flapping while hub-a stays down"
 
@@ -129,6 +134,7 @@ async def test_three_missed_probes_move_the_route_once_and_the_hold_down_brings_
     seq = await ticks(hubs, clock, seq, 2)
     assert hubs.active == "hub-a"
     assert "hold-down" in moves[-1][2]
+    assert moves[-1][3] is False, "a failback: the hub it left still forwards"
     assert await routes(kernel, "wg0") == {"100.96.0.0/24"}
     assert len(moves) == 3
 

@@ -144,7 +144,7 @@ class SpokeAgent:
             )
         return self.several
 
-    def _failed_over(self, old: HubRecord | None, new: HubRecord, why: str) -> None:
+    def _failed_over(self, old: HubRecord | None, new: HubRecord, why: str, down: bool) -> None:
         """Right after the route moved: log, metrics, status, and in the background the
         active-hub annotation on this Node (`wg-kube status`) and an Event."""
         self.on_active_hub(new.node, old is not None)
@@ -154,7 +154,6 @@ class SpokeAgent:
         if old is None:
             log.info("traffic goes through hub %s (%s)", new.node, why)
             return
-        down = "down" in why
         log.log(
             logging.WARNING if down else logging.INFO,
             "traffic moved from hub %s to hub %s: %s",

@@ -46,8 +46,9 @@ log = logging.getLogger("wgkube.spoke")
 HANDSHAKE_CHECK_EVERY = 5
 """Probe ticks between reads of the hubs' handshake times (the slow backstop)."""
 
-FailoverHook = Callable[[HubRecord | None, HubRecord, str], None]
-"""Told (previous active hub, new active hub, why) right after the route moved."""
+FailoverHook = Callable[[HubRecord | None, HubRecord, str, bool], None]
+"""Told (previous active hub, new active hub, why, whether the previous one was down)
+right after the route moved."""
 
 
 def loosen_rp_filter(ifname: str) -> None:
@@ -78,7 +79,7 @@ class HubSet:
     hub_allowed_ips: tuple[IPNetwork, ...] | None = None
     persistent_keepalive: int = 25
     api_server: tuple[IPAddress, ...] = ()
-    on_failover: FailoverHook = lambda old, new, why: None
+    on_failover: FailoverHook = lambda old, new, why, down: None
     clock: Callable[[], float] = time.monotonic
     wall_clock: Callable[[], float] = time.time
     hubs: tuple[HubRecord, ...] = ()
@@ -167,7 +168,7 @@ class HubSet:
                 if self._adopted
                 else "the most preferred hub not known to be down"
             )
-            self.on_failover(None, record, why)
+            self.on_failover(None, record, why, False)
         return ops
 
     async def _reconcile(self) -> tuple[Operation, ...]:
@@ -352,6 +353,7 @@ class HubSet:
         if record is None or ifname is None:
             return
         why = self._why(old, new, self.clock())
+        down = old is not None and is_down(self.health.get(old, HubHealth()), self.policy)
         async with self._lock:
             try:
                 await self._move_routes(ifname, self.desired(new)[ifname].routes)
@@ -359,4 +361,4 @@ class HubSet:
                 log.error("cannot move traffic to hub %s (%s): %s", new, ifname, exc)
                 return
             self.active = new
-        self.on_failover(self.record(old), record, why)
+        self.on_failover(self.record(old), record, why, down)
