@@ -46,8 +46,10 @@ bench-quick: setup
 clean:
 	rm -rf $(VENV) .cache .mypy_cache .ruff_cache
 
+# Each run starts fresh in .demo (removing what a kept, failed or killed run left there);
+# a failure ends in one line `demo failed: ...` naming the step and its log.
 demo: setup
 	$(PY) -m wgkube.demo $(if $(KEEP),--keep)
 
-demo-clean:
+demo-clean: $(VENV)/.installed
 	$(PY) -m wgkube.demo --clean

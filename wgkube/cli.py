@@ -5,14 +5,15 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-USAGE = """usage: wg-kube {hub,spoke,status,version} [options]
+USAGE = """usage: wg-kube {hub,spoke,router,status,version} [options]
 
   hub      run the hub operator (Kopf) on the hub node
   spoke    run the spoke agent on a spoke node
+  router   route the overlay via the hub on an ordinary cluster node
   status   show the overlay: hubs, peers, their health (read-only, from the API)
   version  print the version
 
-`wg-kube hub --help` and `wg-kube spoke --help` list the options.
+`wg-kube hub --help`, `wg-kube spoke --help` and `wg-kube router --help` list the options.
 """
 
 
@@ -39,6 +40,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from wgkube.observe.status import main as status
 
         return status(rest)
+    if command == "router":
+        from wgkube.router.main import run as run_router
+
+        return run_router(rest)
     print(f"wg-kube: unknown command {command!r}\n\n{USAGE}", end="", file=sys.stderr)
     return 2
 

@@ -7,7 +7,10 @@ through Node objects in the emulated API server. Needs root.
 
     python -m wgkube.demo            run, print, clean up
     python -m wgkube.demo --keep     leave everything running to explore
-    python -m wgkube.demo --clean    remove what a --keep run left
+    python -m wgkube.demo --clean    remove what a --keep (or killed) run left
+
+Each run starts from a fresh workdir and first removes what an earlier run recorded
+there; every failure ends in one line `demo failed: ...` that names the step and its log.
 """
 
 from __future__ import annotations
@@ -15,26 +18,39 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import shutil
+import signal
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from wgkube.domain.annotations import DEFAULT_PREFIX
+from wgkube.domain.annotations import DEFAULT_PREFIX, Keys
+from wgkube.domain.errors import WgKubeError
+from wgkube.kernel import kernel_wireguard_unavailable, userspace_unavailable
+from wgkube.kube.client import Api
+from wgkube.observe.status import collect, render_table
 from wgkube.testing.lab import (
     API_PORT,
     BRIDGE,
     HUB_WG,
+    SLOW,
     UNDERLAY,
     Lab,
     LabState,
     Node,
     clean,
+    leftovers,
+    sweep,
 )
 from wgkube.testing.netns import NetNS, PingStream, can_make_namespaces
 
 PING_INTERVAL = 0.01
+STATUS_WAIT = 10.0
+"""Seconds the status table may wait for the API to show every spoke up."""
 ORIGINAL_COST = (
     "the original Go controller restarts the interface on every peer change (wg-quick "
     "down/up); measured by make bench with kernel WireGuard, that cuts a spoke the hub "
@@ -51,44 +67,26 @@ class Demo(Lab):
         super().__init__(workdir, hub_args=("--allowed-ips", "100.96.0.0/24"))
         self.spoke_count = spokes
         self.summary: dict[str, Any] = {}
+        self.failure = ""
+        """Why a run that completed did not pass (a ping lost)."""
 
-    async def status_table(self, hub: Node) -> list[dict[str, str]]:
-        observed = await self.observe(hub)
-        by_key = {p.public_key.b64: p for p in observed.peers.values()}
-        rows = [
-            {
-                "node": hub.name,
-                "role": "hub",
-                "address": hub.wg_address,
-                "public key": self.public_key(hub)[:10] + "…",
-                "endpoint": f"{hub.underlay}:51820",
-                "allowed ips": "100.96.0.0/24",
-                "handshake": "-",
-                "rx/tx": "-",
-            }
-        ]
-        now = time.time()
-        for node in self.state.nodes:
-            if node.role != "spoke":
-                continue
-            peer = by_key.get(self.public_key(node))
-            rows.append(
-                {
-                    "node": node.name,
-                    "role": "spoke",
-                    "address": node.wg_address,
-                    "public key": self.public_key(node)[:10] + "…",
-                    "endpoint": str(peer.endpoint) if peer and peer.endpoint else "(learning)",
-                    "allowed ips": ",".join(map(str, sorted(peer.allowed_ips, key=str)))
-                    if peer
-                    else "-",
-                    "handshake": f"{now - peer.last_handshake:.0f}s ago"
-                    if peer and peer.last_handshake
-                    else "never",
-                    "rx/tx": f"{_size(peer.rx_bytes)}/{_size(peer.tx_bytes)}" if peer else "-",
-                }
-            )
-        return rows
+    async def print_status(self, spokes: int) -> None:
+        """`wg-kube status` as a user would run it: the overlay from the API alone.
+
+        The hub and the spokes publish peer state on transitions, so give them a moment
+        to report every spoke up before printing (what is printed is what the API says).
+        """
+        async with await Api.connect(self.kubeconfig) as api:
+            deadline = time.monotonic() + STATUS_WAIT * SLOW
+            while True:
+                rows = await collect(api, Keys())
+                up = [r for r in rows if r.get("role") == "peer" and r.get("state") == "up"]
+                if len(up) >= spokes or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.2)
+        say("  $ wg-kube status")
+        for line in render_table(rows).splitlines():
+            say("  " + line)
 
     async def show(self) -> bool:
         try:
@@ -124,7 +122,7 @@ class Demo(Lab):
         for spoke in spokes:
             await self.wait_handshake(spoke, hub)
         say("  every spoke has completed a handshake with the hub\n")
-        print_table(await self.status_table(hub))
+        await self.print_status(len(spokes))
 
         say("\nping over the tunnel (5 each):")
         ok = True
@@ -175,7 +173,12 @@ class Demo(Lab):
         )
         say(f"  (for comparison: {ORIGINAL_COST})\n")
         ok &= lost == 0 and sent > 0
-        print_table(await self.status_table(hub))
+        if not ok:
+            self.failure = (
+                f"pings lost: {pings} before the change, {lost} of {sent} during it; "
+                f"logs: {self.workdir / 'logs'}"
+            )
+        await self.print_status(len(spokes) + 1)
         self.summary = {
             "backend": backend,
             "pings": pings,
@@ -185,22 +188,77 @@ class Demo(Lab):
         return ok
 
 
-def print_table(rows: list[dict[str, str]]) -> None:
-    if not rows:
-        return
-    cols = list(rows[0])
-    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in cols}
-    say("  " + "  ".join(c.upper().ljust(widths[c]) for c in cols))
-    for row in rows:
-        say("  " + "  ".join(row[c].ljust(widths[c]) for c in cols))
+RUN_FILES = ("logs", "keys", "kubeconfig", "state.json", "state.tmp")
+"""What a run writes in its workdir: removed before each run and by --clean, so nothing
+left by an earlier run (a kubeconfig naming a dead server, old keys) changes the next."""
+
+CLEAN_COMMAND = "make demo-clean (or: python -m wgkube.demo --clean)"
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB"):
-        if n < 1024:
-            return f"{n}{unit}"
-        n //= 1024
-    return f"{n}GiB"
+def fail(line: str) -> int:
+    say(f"demo failed: {line}")
+    return 1
+
+
+def remove_run_files(workdir: Path) -> None:
+    for name in RUN_FILES:
+        path = workdir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def remove_recorded(workdir: Path) -> bool:
+    """Remove what the run recorded in `workdir` (kept, failed or killed), then anything
+    else carrying the demo's names. False when there was no record."""
+    if not (workdir / "state.json").exists():
+        return False
+    try:
+        state = LabState.load(workdir)
+    except (OSError, ValueError, TypeError, KeyError):
+        pass  # cut short while being written: the names alone find everything
+    else:
+        clean(state)
+    sweep()
+    return True
+
+
+def missing_tools() -> str | None:
+    """Why the demo cannot run on this machine (a missing program), or None."""
+    for tool, package in (("ip", "iproute2"), ("ping", "iputils-ping")):
+        if shutil.which(tool) is None:
+            return f"`{tool}` is not installed: apt-get install {package} (make demo does)"
+    if userspace_unavailable() is not None and asyncio.run(kernel_wireguard_unavailable()):
+        return (
+            "no WireGuard here: the kernel has no wireguard module and wireguard-go is not "
+            "installed: apt-get install wireguard-go (make demo does)"
+        )
+    return None
+
+
+def clean_command(workdir: Path) -> int:
+    recorded = remove_recorded(workdir)
+    found = leftovers()
+    if found:
+        sweep()
+    remove_run_files(workdir)
+    still = leftovers()
+    if still:
+        return fail(f"could not remove {', '.join(still)}")
+    say("demo removed" if recorded or found else "nothing to clean")
+    return 0
+
+
+_MAIN_PID = os.getpid()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    if os.getpid() != _MAIN_PID:
+        # A forked helper (pyroute2 forks one per namespace, and stops it with SIGTERM)
+        # inherits this handler: it must die, not unwind a copy of the demo's clean-up.
+        os._exit(128 + signum)
+    raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -214,29 +272,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", help="write a machine-readable summary here")
     args = parser.parse_args(argv)
     workdir = Path(args.workdir).resolve()
-    if args.clean:
-        if (workdir / "state.json").exists():
-            clean(LabState.load(workdir))
-            say("demo removed")
-        else:
-            say("nothing to clean")
-        return 0
     why = can_make_namespaces()
     if why:
-        say(f"the demo {why}: run it as root")
-        return 2
-    if (workdir / "state.json").exists():
-        say(f"a previous demo is still set up; removing it first ({workdir}/state.json)")
-        clean(LabState.load(workdir))
+        return fail(
+            f"{why}: run it as root (sudo make demo)" if os.geteuid() else missing_tools() or why
+        )
+    if args.clean:
+        return clean_command(workdir)
+    if remove_recorded(workdir):
+        say(f"removed the previous demo recorded in {workdir} (kept, failed or killed)")
+    found = leftovers()
+    if found:
+        return fail(
+            f"another demo or lab run is still set up ({', '.join(found[:4])}); "
+            f"remove it with {CLEAN_COMMAND}"
+        )
+    if missing := missing_tools():
+        return fail(missing)
     workdir.mkdir(parents=True, exist_ok=True)
+    remove_run_files(workdir)
+    # `kill` and a closed terminal clean up like Ctrl-C; only SIGKILL leaves a record
+    # for the next run to remove.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGHUP, _interrupt)
     demo = Demo(workdir, args.spokes)
     ok = False
+    failure = ""
     try:
         ok = asyncio.run(demo.show())
+        failure = "" if ok else demo.failure
     except KeyboardInterrupt:
-        say("\ninterrupted")
-    except RuntimeError as exc:
-        say(f"\ndemo failed: {exc}")
+        failure = "interrupted"
+    except (RuntimeError, WgKubeError, OSError) as exc:
+        failure = str(exc)
+    except Exception as exc:  # a bug: its traceback goes to a file, the user gets a line
+        trace = workdir / "logs" / "demo-traceback.log"
+        trace.write_text(traceback.format_exc())
+        failure = f"unexpected {type(exc).__name__}: {exc}; traceback: {trace}"
     finally:
         if args.json:
             Path(args.json).write_text(json.dumps(demo.summary | {"ok": ok}, indent=1))
@@ -247,10 +319,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             say("  ip netns exec wgkdemo-hub wg show wg-hub")
             say(f"  logs: {workdir}/logs/   remove it all: make demo-clean")
         else:
-            clean(demo.state)
+            demo.clean()
             say("cleaned up: namespaces, processes, interfaces and the bridge are gone")
-    say("RESULT: " + ("all pings answered, 0 lost during the live change" if ok else "FAILED"))
-    return 0 if ok else 1
+    if not ok:
+        return fail(failure or "see the output above")
+    say("RESULT: all pings answered, 0 lost during the live change")
+    return 0
 
 
 if __name__ == "__main__":

@@ -40,7 +40,14 @@ class NodeSettings(BaseModel):
             return tuple(parse_interface(p) for p in items)
         return value
 
-    @field_validator("allowed_ips", "hub_allowed_ips", mode="before", check_fields=False)
+    @field_validator(
+        "allowed_ips",
+        "hub_allowed_ips",
+        "peer_cidrs",
+        "router_prefixes",
+        mode="before",
+        check_fields=False,
+    )
     @classmethod
     def _networks(cls, value: Any) -> Any:
         if isinstance(value, str):

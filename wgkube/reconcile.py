@@ -80,6 +80,9 @@ class Reconciler:
     applied_endpoints: dict[PublicKey, Endpoint | None] = field(default_factory=dict)
     refused: dict[PublicKey, PeerRefusal] = field(default_factory=dict)
     """The quarantine: read by the caller to report each refusal (an Event, a log line)."""
+    skipped_routes: dict[IPNetwork, str] = field(default_factory=dict)
+    """With keep_refused (a spoke): routes another owner holds, each with why. Only that
+    route is left out; the hub's peer and its other routes stay (the tunnel stays up)."""
     _retrying: set[PublicKey] = field(default_factory=set)
 
     def retry_refused(self) -> None:
@@ -151,6 +154,9 @@ class Reconciler:
         """A quarantine ends when the peer's desired data changes or the peer goes."""
         if desired.peers is None:
             return
+        for net in list(self.skipped_routes):
+            if net not in desired.routes:
+                del self.skipped_routes[net]
         for key, refusal in list(self.refused.items()):
             if desired.peers.get(key) != refusal.spec:
                 log.info("peer %s: its data changed; the kernel's refusal is lifted", key.short())
@@ -159,10 +165,10 @@ class Reconciler:
     def _without_refused(self, desired: DesiredState, before: ObservedState) -> DesiredState:
         """`desired` minus quarantined peers and their routes (or, with keep_refused, with
         them as `before` had them)."""
-        if desired.peers is None or not self.refused:
+        if desired.peers is None or not (self.refused or self.skipped_routes):
             return desired
         peers = dict(desired.peers)
-        routes = set(desired.routes)
+        routes = set(desired.routes) - set(self.skipped_routes)
         for key, refusal in self.refused.items():
             if key in self._retrying or peers.get(key) != refusal.spec:
                 continue
@@ -204,6 +210,16 @@ class Reconciler:
                 if unit.peer is None or desired.peers is None or unit.peer not in desired.peers:
                     log.error("%s: the kernel refused %s: %s", ifname, _line(op), _answer(exc))
                     unattributed.append(exc)
+                    continue
+                if (
+                    self.keep_refused
+                    and isinstance(exc, RouteConflict)
+                    and isinstance(op, AddRoute)
+                ):
+                    # Someone else's route to that prefix (a connected subnet): it
+                    # stays theirs; the tunnel and the other routes stay ours.
+                    log.warning("%s: route %s left to its owner: %s", ifname, op.destination, exc)
+                    self.skipped_routes[op.destination] = str(exc)
                     continue
                 self._quarantine(ifname, desired.peers[unit.peer], op, exc)
             if unattributed:

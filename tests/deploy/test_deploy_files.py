@@ -41,7 +41,13 @@ def test_every_manifest_validates_strictly_against_the_kubernetes_schema(path: P
 def test_the_namespace_sorts_first_and_the_kustomization_lists_every_file() -> None:
     # `kubectl apply -f manifests/` applies files in name order, one by one.
     names = [p.name for p in MANIFESTS]
-    assert names == ["00-namespace.yaml", "10-rbac.yaml", "20-daemonset.yaml", "30-admission.yaml"]
+    assert names == [
+        "00-namespace.yaml",
+        "10-rbac.yaml",
+        "20-daemonset.yaml",
+        "30-admission.yaml",
+        "40-router.yaml",
+    ]
     assert [d["kind"] for d in documents(MANIFESTS[0])] == ["Namespace"]
     kustomization = yaml.safe_load((ROOT / "manifests" / "Kustomization").read_text())
     assert kustomization["kind"] == "Kustomization"

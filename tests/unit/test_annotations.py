@@ -273,6 +273,7 @@ STRICT_FAULTS = [
     pytest.param(_aips("0.0.0.0/32"), AIPS, "unspecified", id="allowed-unspecified-v4"),
     pytest.param(_aips("::/128"), AIPS, "unspecified", id="allowed-unspecified-v6"),
     pytest.param(_aips("::ffff:10.0.0.1/128"), AIPS, "IPv4-mapped", id="allowed-v4-mapped"),
+    pytest.param(_aips("010.0.0.0/8"), AIPS, "not a CIDR", id="allowed-octal-looking-octet"),
     pytest.param(_ep("[fe80::1%eth0]:51820"), EP, "zone index", id="endpoint-zone"),
     pytest.param(_ep("[::1]"), EP, "loopback", id="endpoint-loopback-v6-bare"),
     pytest.param(_ep("[::1]:51820"), EP, "loopback", id="endpoint-loopback-v6"),

@@ -194,3 +194,24 @@ async def test_a_retry_cut_short_by_a_device_failure_keeps_the_quarantine() -> N
     with pytest.raises(KernelError):
         await reconciler.reconcile(state(*GOOD, BAD))
     assert set(reconciler.refused) == {BAD.public_key}
+
+
+async def test_on_a_spoke_a_route_someone_else_holds_is_left_out_and_the_tunnel_stays() -> None:
+    memory = MemoryKernel()
+    hub = spec(1, "100.96.0.0/24", "198.51.100.0/24", endpoint="203.0.113.1:51820")
+    await memory.apply("wg0", plan(DesiredState(device=DEVICE), await memory.observe("wg0")))
+    memory.add_foreign_route(net("198.51.100.0/24"), "proto kernel dev eth0")
+    reconciler = Reconciler(memory, keep_refused=True)
+    await reconciler.reconcile(state(hub))
+    observed = await memory.observe("wg0")
+    assert set(observed.peers) == {hub.public_key}
+    assert observed.peers[hub.public_key].allowed_ips == frozenset(hub.allowed_ips)
+    assert observed.routes == frozenset({net("100.96.0.0/24")})
+    assert memory.foreign_routes() == {"198.51.100.0/24": "proto kernel dev eth0"}
+    assert reconciler.refused == {}
+    assert "proto kernel dev eth0" in reconciler.skipped_routes[net("198.51.100.0/24")]
+    assert await reconciler.reconcile(state(hub)) == ()
+    # Once the hub stops advertising the prefix, nothing is held back any more.
+    narrower = spec(1, "100.96.0.0/24", endpoint="203.0.113.1:51820")
+    await reconciler.reconcile(state(narrower))
+    assert reconciler.skipped_routes == {}

@@ -42,6 +42,7 @@ ROUTES = [
     HostRoute(net("10.44.0.0/24"), "wg0", 87),
     HostRoute(net("10.45.0.0/24"), "eth1", 87),
     HostRoute(net("0.0.0.0/0"), "ppp0", 4),
+    HostRoute(net("172.30.0.0/16"), "eth0", 4, (ip("192.168.10.253"),), table=100),
 ]
 HOST = host_protected(ADDRESSES, ROUTES, wireguard="wg0", own_protocol=87)
 API = api_server_protected([ip("10.0.0.1")])
@@ -56,6 +57,8 @@ def test_the_host_set_holds_addresses_gateways_and_connected_networks_but_nothin
         net("192.168.10.0/24"),
         net("fd10::/64"),
         net("192.168.10.254/32"),
+        net("172.20.0.0/16"),
+        net("192.168.10.253/32"),
     }
     whats = {p.what for p in HOST}
     assert "the default gateway 192.168.10.1 (dev eth0)" in whats
@@ -136,6 +139,11 @@ def rejection_of(
             "fd10::/64 (dev eth0)",
         ),
         (
+            ("172.20.0.0/16",),
+            "allowed-ips 172.20.0.0/16 is the route 172.20.0.0/16 via 192.168.10.254 "
+            "(dev eth0, proto static), which is not wg-kube's",
+        ),
+        (
             ("198.51.100.20/32",),
             "allowed-ips 198.51.100.20/32 covers the endpoint 198.51.100.20 of node 'x'",
         ),
@@ -164,7 +172,14 @@ def test_a_peer_claiming_an_endpoint_the_hub_learned_is_refused_naming_the_node(
 
 
 def test_prefixes_beside_the_protected_ones_are_accepted() -> None:
-    beside = ("10.0.0.2/31", "10.0.0.0/32", "192.168.11.0/24", "172.20.0.0/16", "10.44.0.0/24")
+    beside = (
+        "10.0.0.2/31",
+        "10.0.0.0/32",
+        "192.168.11.0/24",
+        "172.20.1.0/24",
+        "172.30.0.0/16",
+        "10.44.0.0/24",
+    )
     assert rejection_of(beside) is None
 
 
@@ -326,3 +341,12 @@ async def test_the_api_server_address_comes_from_the_configured_host(
     assert {str(a) for a in found if a.version == 4 or url.startswith("https://[")} == set(
         addresses
     )
+
+
+def test_an_endpoint_both_published_and_learned_is_named_as_published() -> None:
+    message = rejection_of(
+        ("203.0.113.0/24",),
+        others=(("10.1.0.0/24", "203.0.113.7:51820"),),
+        learned={100: "203.0.113.7:51820"},
+    )
+    assert message == "allowed-ips 203.0.113.0/24 covers the endpoint 203.0.113.7 of node 'o0'"

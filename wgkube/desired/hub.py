@@ -114,7 +114,10 @@ def hub_state(
         for r in records
         if r.endpoint is not None
     ]
+    published = {p.network for p in endpoints}
     for key, endpoint in (learned_endpoints or {}).items():
+        if ipaddress.ip_network(endpoint.host) in published:
+            continue  # what the hub itself set from the annotation: named as published
         who = f"node {names[key]!r}" if key in names else f"peer {key.short()}"
         endpoints.append(
             Protected.address(endpoint.host, f"the endpoint {endpoint.host} learned from {who}")

@@ -16,6 +16,28 @@ from dataclasses import dataclass
 
 from wgkube.domain.net import IPAddress, IPInterface, IPNetwork
 
+PROTOCOL_NAMES = {
+    0: "unspec",
+    1: "redirect",
+    2: "kernel",
+    3: "boot",
+    4: "static",
+    8: "gated",
+    9: "ra",
+    11: "zebra",
+    12: "bird",
+    16: "dhcp",
+    18: "keepalived",
+    42: "babel",
+    186: "bgp",
+    187: "isis",
+    188: "ospf",
+    189: "rip",
+}
+"""iproute2's names (/etc/iproute2/rt_protos), so a conflict reads as `ip route` shows it."""
+
+MAIN_TABLE = 254
+
 
 @dataclass(frozen=True, slots=True)
 class Protected:
@@ -24,6 +46,9 @@ class Protected:
     network: IPNetwork
     what: str
     """A noun phrase: "the API server address 10.0.0.1"."""
+    exact: bool = False
+    """Only a prefix equal to `network` is refused (another owner's route: a route of
+    ours to the same destination would collide with it; a narrower one would not)."""
 
     @classmethod
     def address(cls, address: IPAddress, what: str) -> Protected:
@@ -50,6 +75,7 @@ class HostRoute:
     device: str
     protocol: int
     gateways: tuple[IPAddress, ...] = ()
+    table: int = MAIN_TABLE
 
 
 def host_protected(
@@ -58,8 +84,10 @@ def host_protected(
     *,
     wireguard: str,
     own_protocol: int,
+    table: int = MAIN_TABLE,
 ) -> tuple[Protected, ...]:
-    """The node's own addresses, its gateways and its directly connected networks.
+    """The node's own addresses, its gateways and its directly connected networks, and
+    the exact prefixes of other owners' routes through a gateway in `table` (where ours go).
 
     The WireGuard interface is left out (its addresses are claimed separately, and a
     connected route of its own address is the tunnel itself), and so are the routes
@@ -82,6 +110,17 @@ def host_protected(
                 else f"the gateway {gw} of the route {r.network}"
             )
             out.append(Protected.address(gw, f"{what} (dev {r.device})"))
+        if r.gateways and r.network.prefixlen > 0 and r.table == table:
+            proto = PROTOCOL_NAMES.get(r.protocol, str(r.protocol))
+            via = " via " + ",".join(map(str, r.gateways))
+            out.append(
+                Protected(
+                    r.network,
+                    f"the route {r.network}{via} (dev {r.device}, proto {proto}), "
+                    "which is not wg-kube's",
+                    exact=True,
+                )
+            )
         if not r.gateways and r.network.prefixlen > 0:
             out.append(
                 Protected(r.network, f"the directly connected network {r.network} (dev {r.device})")
@@ -102,13 +141,17 @@ class ProtectedIndex:
 
     def __init__(self, protected: Iterable[Protected]) -> None:
         items = sorted(
-            set(protected), key=lambda p: (p.network.version, int(p.network.network_address))
+            set(protected),
+            key=lambda p: (p.network.version, int(p.network.network_address), p.what),
         )
         self._keys: dict[int, list[int]] = {4: [], 6: []}
         self._hosts: dict[int, list[Protected]] = {4: [], 6: []}
         self._nets: list[Protected] = []
+        self._exact: dict[IPNetwork, Protected] = {}
         for p in items:
-            if p.is_address:
+            if p.exact:
+                self._exact.setdefault(p.network, p)
+            elif p.is_address:
                 self._keys[p.network.version].append(int(p.network.network_address))
                 self._hosts[p.network.version].append(p)
             else:
@@ -120,6 +163,8 @@ class ProtectedIndex:
         whole = [p for p in self._nets if _within(p.network, net)]
         if whole:
             return whole[0]
+        if net in self._exact:
+            return self._exact[net]
         keys = self._keys[net.version]
         i = bisect.bisect_left(keys, int(net.network_address))
         if i < len(keys) and keys[i] <= int(net.broadcast_address):
@@ -133,6 +178,8 @@ def _within(inner: IPNetwork, outer: IPNetwork) -> bool:
 
 def describe(net: IPNetwork, protected: Protected) -> str:
     """ "allowed-ips 10.0.0.0/8 covers the API server address 10.0.0.1"."""
+    if protected.exact:
+        return f"allowed-ips {net} is {protected.what}"
     verb = "covers" if _within(protected.network, net) else "overlaps"
     return f"allowed-ips {net} {verb} {protected.what}"
 

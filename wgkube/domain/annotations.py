@@ -115,6 +115,12 @@ class HubRecord(BaseModel):
     """The hub Node's creationTimestamp: the older hub is preferred at equal priority."""
     addresses: tuple[IPNetwork, ...] = ()
     """The hub's own overlay addresses (host prefixes): the other hubs peer with it on them."""
+    internal_ip: IPAddress | None = None
+    """The hub's InternalIP on the cluster's node network: the gateway ordinary nodes
+    route the overlay through (`wg-kube router`); None when not announced."""
+    router_prefixes: tuple[IPNetwork, ...] | None = None
+    """What ordinary nodes route through the hub, when the hub says (an aggregate of the
+    spokes' addresses and pod CIDRs); None: its allowed-ips."""
 
 
 def node_name(node: NodeBody) -> str:

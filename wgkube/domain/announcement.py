@@ -8,7 +8,13 @@ hubs, so several hubs fit later without a new format:
     data:
       hubs.json: {"version": 1, "hubs": [{"node": "hub-1", "publicKey": "…",
                   "endpoint": "203.0.113.1:51820", "allowedIPs": ["100.96.0.0/24"],
-                  "priority": 10, "created": "2026-01-01T00:00:00+00:00"}]}
+                  "internalIP": "10.240.0.4", "routerPrefixes": ["100.96.0.0/24"],
+                  "priority": 10, "created": "2026-01-01T00:00:00+00:00",
+                  "addresses": ["100.96.0.1/32"]}]}
+
+`internalIP` and `routerPrefixes` are optional (`wg-kube router` reads them: ordinary
+nodes route `routerPrefixes`, else `allowedIPs`, via `internalIP`); they are written only
+when set, so a hub without them writes the same bytes as before.
 
 `priority` (--hub-priority, default 0, omitted when 0) and `created` (the hub Node's
 creationTimestamp, omitted when unknown) order several hubs: every spoke computes the
@@ -21,6 +27,7 @@ since its meaning is unknown.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -29,7 +36,13 @@ from typing import Any
 from wgkube.domain.annotations import HubRecord
 from wgkube.domain.errors import AnnouncementError, InvalidInput
 from wgkube.domain.keys import PublicKey
-from wgkube.domain.net import Endpoint, normalize_networks, parse_networks
+from wgkube.domain.net import (
+    Endpoint,
+    IPAddress,
+    IPNetwork,
+    normalize_networks,
+    parse_networks,
+)
 
 NAMESPACE = "wg-kube"
 """The namespace of the announcement ConfigMap (the hub's own, as the manifests ship it)."""
@@ -43,24 +56,30 @@ VERSION = 1
 
 def encode(hubs: Iterable[HubRecord]) -> dict[str, str]:
     """The ConfigMap `data` announcing `hubs` (sorted by Node name: stable bytes, no churn)."""
-    entries: list[dict[str, Any]] = []
-    for hub in sorted(hubs, key=lambda h: h.node):
-        entry: dict[str, Any] = {
-            "node": hub.node,
-            "publicKey": hub.public_key.b64,
-            "endpoint": None if hub.endpoint is None else str(hub.endpoint),
-            "allowedIPs": [str(net) for net in normalize_networks(hub.allowed_ips)],
-        }
-        # Only when set: a single hub's document stays what it was before HA.
-        if hub.priority:
-            entry["priority"] = hub.priority
-        if hub.created is not None:
-            entry["created"] = hub.created.isoformat()
-        if hub.addresses:
-            entry["addresses"] = [str(net) for net in normalize_networks(hub.addresses)]
-        entries.append(entry)
+    entries = [_entry(hub) for hub in sorted(hubs, key=lambda h: h.node)]
     document = {"version": VERSION, "hubs": entries}
     return {DATA_KEY: json.dumps(document, sort_keys=True, separators=(",", ":"))}
+
+
+def _entry(hub: HubRecord) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "node": hub.node,
+        "publicKey": hub.public_key.b64,
+        "endpoint": None if hub.endpoint is None else str(hub.endpoint),
+        "allowedIPs": [str(net) for net in normalize_networks(hub.allowed_ips)],
+    }
+    if hub.internal_ip is not None:
+        entry["internalIP"] = str(hub.internal_ip)
+    if hub.router_prefixes is not None:
+        entry["routerPrefixes"] = [str(n) for n in normalize_networks(hub.router_prefixes)]
+    # Several hubs; only when set, so a single hub's document stays what it was before.
+    if hub.priority:
+        entry["priority"] = hub.priority
+    if hub.created is not None:
+        entry["created"] = hub.created.isoformat()
+    if hub.addresses:
+        entry["addresses"] = [str(net) for net in normalize_networks(hub.addresses)]
+    return entry
 
 
 def decode(data: Mapping[str, Any] | None) -> tuple[HubRecord, ...]:
@@ -127,6 +146,8 @@ def _hub(index: int, entry: Any) -> HubRecord:
             priority=priority,
             created=_timestamp(where, created),
             addresses=parse_networks(",".join(addresses)) if addresses else (),
+            internal_ip=_internal_ip(where, entry.get("internalIP")),
+            router_prefixes=_router_prefixes(where, entry.get("routerPrefixes")),
         )
     except AnnouncementError:
         raise
@@ -142,6 +163,25 @@ def _timestamp(where: str, text: str | None) -> datetime | None:
     except ValueError as exc:
         raise AnnouncementError(f"{where}: 'created' is not a timestamp: {text!r}") from exc
     return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
+
+
+def _internal_ip(where: str, value: Any) -> IPAddress | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise AnnouncementError(f"{where}: 'internalIP' is not a string")
+    try:
+        return ipaddress.ip_address(value)
+    except ValueError as exc:
+        raise AnnouncementError(f"{where}: 'internalIP' {value!r} is not an IP address") from exc
+
+
+def _router_prefixes(where: str, value: Any) -> tuple[IPNetwork, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(cidr, str) for cidr in value):
+        raise AnnouncementError(f"{where}: 'routerPrefixes' is not a list of CIDRs")
+    return parse_networks(",".join(value)) if value else ()
 
 
 def with_hub(hubs: Iterable[HubRecord], hub: HubRecord) -> tuple[HubRecord, ...]:

@@ -8,9 +8,15 @@ WgKubeError
 │   ├── AnnotationError                 one of the above, located on a Node and key
 │   └── AnnouncementError               the hub announcement (ConfigMap) is unusable
 ├── KeyFileError                        a key file that exists but cannot be used
+├── SetupError                          a start-up input (a file, a flag) cannot be used
+│   └── KubeconfigError                 the kubeconfig is missing, unreadable or unusable
 ├── KernelError                         the kernel (or wireguard-go) refused or failed
 │   ├── DeviceNotFound                  the interface does not exist
 │   ├── BackendUnavailable              the chosen backend cannot run on this host
+│   ├── NotPermitted                    no CAP_NET_ADMIN (not root)
+│   ├── PortInUse                       the UDP listen port belongs to another socket
+│   ├── InterfaceTaken                  the interface name belongs to a non-WireGuard link
+│   ├── IPv6Disabled                    an IPv6 address is asked for, IPv6 is off here
 │   └── OperationRejected               the kernel refused one operation; the device is fine
 │       └── RouteConflict               a route to that destination belongs to someone else
 └── ApiError                            the Kubernetes API failed in a way we report
@@ -62,6 +68,19 @@ class KeyFileError(WgKubeError):
     """A private key file exists but is unreadable or malformed; never silently replaced."""
 
 
+class SetupError(WgKubeError):
+    """A start-up input cannot be used; the message names the input and what is wrong."""
+
+
+class KubeconfigError(SetupError):
+    """The kubeconfig file is missing, unreadable, malformed or lacks what is needed."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"kubeconfig {path} {problem}")
+
+
 class KernelError(WgKubeError):
     """The kernel or the userspace implementation refused an operation."""
 
@@ -72,6 +91,28 @@ class DeviceNotFound(KernelError):
 
 class BackendUnavailable(KernelError):
     """The requested WireGuard backend cannot run on this host."""
+
+
+class NotPermitted(KernelError):
+    """The process lacks CAP_NET_ADMIN, so it may not create or configure interfaces."""
+
+
+class PortInUse(KernelError):
+    """The WireGuard UDP listen port is bound by another socket (another interface or
+    program)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        super().__init__(f"UDP port {port} is already in use")
+
+
+class InterfaceTaken(KernelError):
+    """A link with the interface's name exists and is not a WireGuard device wg-kube can
+    adopt; it is never deleted or reused."""
+
+
+class IPv6Disabled(KernelError):
+    """An IPv6 address is asked for but IPv6 is disabled on this host (or namespace)."""
 
 
 class OperationRejected(KernelError):

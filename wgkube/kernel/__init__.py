@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import secrets
 import shlex
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
-from wgkube.domain.errors import BackendUnavailable, KernelError
+from wgkube.domain.errors import BackendUnavailable, IPv6Disabled, KernelError, NotPermitted
+from wgkube.domain.net import IPInterface, IPNetwork
 from wgkube.kernel.port import MAIN_TABLE, ROUTE_PROTOCOL, Kernel
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,10 @@ async def open_kernel(
         return MemoryKernel(Path(state) if state else None)
     if backend not in ("kernel", "userspace", "auto"):
         raise BackendUnavailable(f"unknown WireGuard backend {backend!r}")
+    if not has_net_admin():
+        # Said first: otherwise the probe falls through to wireguard-go, whose banner
+        # ends in "operation not permitted" without saying why.
+        raise NotPermitted("this process lacks CAP_NET_ADMIN (it is not root)")
     if backend in ("kernel", "auto"):
         why_not_kernel = await kernel_wireguard_unavailable(netns)
         if why_not_kernel is None:
@@ -95,6 +102,43 @@ async def kernel_wireguard_unavailable(netns: str | None = None) -> str | None:
         rtnl.close()
 
 
+CAP_NET_ADMIN = 12
+
+
+def has_net_admin() -> bool:
+    """Whether our effective capabilities hold CAP_NET_ADMIN (Linux, /proc/self/status)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return os.geteuid() == 0
+    for line in status.splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
+    return os.geteuid() == 0
+
+
+def check_ipv6(addresses: Iterable[IPInterface | IPNetwork]) -> None:
+    """Raise IPv6Disabled when an IPv6 address is asked for and IPv6 is off here.
+
+    The kernel would answer only "Permission denied" when the address is added.
+    """
+    v6 = [str(a) for a in addresses if a.version == 6]
+    if not v6:
+        return
+    conf = Path("/proc/sys/net/ipv6/conf")
+    if not conf.exists():
+        raise IPv6Disabled(
+            f"IPv6 is off on this host (booted with ipv6.disable=1); asked for {v6[0]}"
+        )
+    for scope in ("all", "default"):
+        with contextlib.suppress(OSError):
+            if (conf / scope / "disable_ipv6").read_text().strip() == "1":
+                raise IPv6Disabled(
+                    f"IPv6 is disabled here (net.ipv6.conf.{scope}.disable_ipv6 = 1) "
+                    f"but the address {v6[0]} is IPv6"
+                )
+
+
 def userspace_unavailable() -> str | None:
     """None when a userspace implementation can be started here, else why not."""
     from wgkube.kernel.userspace import IMPLEMENTATION_ENV
@@ -113,6 +157,8 @@ __all__ = [
     "ROUTE_PROTOCOL",
     "Backend",
     "Kernel",
+    "check_ipv6",
+    "has_net_admin",
     "kernel_wireguard_unavailable",
     "open_kernel",
     "userspace_unavailable",

@@ -26,7 +26,12 @@ from pyroute2.netlink.generic.wireguard import (
 )
 
 from wgkube.diff.model import ConfigureDevice, ObservedPeer, RemovePeer, UpsertPeer
-from wgkube.domain.errors import DeviceNotFound, KernelError, OperationRejected
+from wgkube.domain.errors import (
+    DeviceNotFound,
+    InterfaceTaken,
+    OperationRejected,
+    PortInUse,
+)
 from wgkube.domain.keys import PresharedKey, PrivateKey, PublicKey
 from wgkube.domain.net import Endpoint, IPNetwork
 from wgkube.kernel.base import RtnlBackedKernel, WgDevice, WgOperation
@@ -91,7 +96,9 @@ class NetlinkKernel(RtnlBackedKernel):
         if existing is not None:
             if existing.kind == "wireguard":
                 return  # adopt: made by an earlier run or by hand
-            raise KernelError(f"interface {ifname} exists and is a {existing.kind}, not wireguard")
+            raise InterfaceTaken(
+                f"interface {ifname} exists and is a {existing.kind or 'link'}, not wireguard"
+            )
         await self.rtnl.create_link(ifname, "wireguard")
 
     # -- read --------------------------------------------------------------------------------
@@ -174,6 +181,9 @@ class NetlinkKernel(RtnlBackedKernel):
         except NetlinkError as exc:
             if exc.code == errno.ENODEV:
                 raise DeviceNotFound(f"interface {ifname} does not exist") from exc
+            port = next((v for k, v in device if k == "WGDEVICE_A_LISTEN_PORT"), None)
+            if exc.code == errno.EADDRINUSE and port is not None:
+                raise PortInUse(int(port)) from exc
             translate(exc, f"configure wireguard device {ifname}")
         except ValueError as exc:
             # pyroute2 could not encode a value: that operation, not the device.

@@ -17,7 +17,8 @@ from typing import Any, NoReturn
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from wgkube.desired.protected import HostAddress, HostRoute
+from wgkube.desired.protected import PROTOCOL_NAMES, HostAddress, HostRoute
+from wgkube.desired.router import GatewayRoute
 from wgkube.domain.errors import DeviceNotFound, KernelError, OperationRejected, RouteConflict
 from wgkube.domain.net import IPAddress, IPInterface, IPNetwork
 
@@ -29,26 +30,6 @@ REJECTED_ERRNOS = frozenset(
     {errno.EINVAL, errno.ERANGE, errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EMSGSIZE}
 )
 """Answers about the values of one request, not the device: OperationRejected."""
-
-PROTOCOL_NAMES = {
-    0: "unspec",
-    1: "redirect",
-    2: "kernel",
-    3: "boot",
-    4: "static",
-    8: "gated",
-    9: "ra",
-    11: "zebra",
-    12: "bird",
-    16: "dhcp",
-    18: "keepalived",
-    42: "babel",
-    186: "bgp",
-    187: "isis",
-    188: "ospf",
-    189: "rip",
-}
-"""iproute2's names (/etc/iproute2/rt_protos), so a conflict reads as `ip route` shows it."""
 
 LOCAL_TABLE = 255
 RTN_UNICAST = 1
@@ -209,6 +190,144 @@ class Rtnl:
             for lost in siblings - await self.addresses(index):
                 await self.add_address(index, lost)
 
+    # -- gateway routes (wg-kube router: `NET via GATEWAY proto 87`, no interface) ------
+    async def gateway_routes(self, *, table: int, protocol: int) -> frozenset[GatewayRoute]:
+        """Routes in `table` that carry `protocol` and a gateway: exactly the router's."""
+        ipr = await self._conn()
+        found: set[GatewayRoute] = set()
+        for family in (AF_INET, AF_INET6):
+            try:
+                dump = await ipr.route("dump", family=family, table=table, proto=protocol)
+                async for msg in _aiter(dump):
+                    if msg["proto"] != protocol or msg.get_attr("RTA_MULTIPATH"):
+                        continue
+                    if (msg.get_attr("RTA_TABLE") or msg["table"]) != table:
+                        continue
+                    gateway = msg.get_attr("RTA_GATEWAY")
+                    if gateway is None:
+                        continue  # an interface route of the hub or a spoke, not ours here
+                    found.add(
+                        GatewayRoute(_route_network(msg, family), ipaddress.ip_address(gateway))
+                    )
+            except NetlinkError as exc:
+                translate(exc, "list gateway routes")
+        return frozenset(found)
+
+    async def connected_networks(self, *, table: int, protocol: int) -> frozenset[IPNetwork]:
+        """Networks this host reaches without a gateway (routes in `table` with a device
+        and no next hop, not ours): where a route's gateway may be."""
+        ipr = await self._conn()
+        found: set[IPNetwork] = set()
+        for family in (AF_INET, AF_INET6):
+            try:
+                async for msg in _aiter(await ipr.route("dump", family=family, table=table)):
+                    if msg["type"] != RTN_UNICAST or msg["proto"] == protocol:
+                        continue
+                    if (msg.get_attr("RTA_TABLE") or msg["table"]) != table:
+                        continue
+                    if not msg.get_attr("RTA_OIF") or msg.get_attr("RTA_GATEWAY"):
+                        continue
+                    if msg.get_attr("RTA_MULTIPATH") or msg.get_attr("RTA_VIA"):
+                        continue
+                    found.add(_route_network(msg, family))
+            except NetlinkError as exc:
+                translate(exc, "list connected routes")
+        return frozenset(found)
+
+    async def add_gateway_route(self, route: GatewayRoute, *, table: int, protocol: int) -> None:
+        """Create the route, never replace one: a route to the same key (destination,
+        table, metric) that is ours with this gateway is adopted; any other is a
+        RouteConflict and stays as it is."""
+        ipr = await self._conn()
+        try:
+            # "add" is NLM_F_CREATE|NLM_F_EXCL: EEXIST rather than overwriting a holder.
+            await ipr.route(
+                "add",
+                dst=str(route.network),
+                gateway=str(route.gateway),
+                table=table,
+                proto=protocol,
+            )
+            return
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                translate(exc, f"add route {route}")
+            answer = f"{exc.args[1] if len(exc.args) > 1 else exc} (errno {exc.code})"
+        holders = await self._gateway_holders(route.network, table=table)
+        if any(p == protocol and gw == route.gateway for p, gw in holders):
+            return  # ours, from before a restart or a race: adopted as it is
+        raise RouteConflict(
+            f"route {route.network} (table {table}) already exists and is not wg-kube's: "
+            f"{_holders_text(holders)}; left as it is",
+            answer=answer,
+        )
+
+    async def change_gateway(
+        self, network: IPNetwork, gateway: IPAddress, *, table: int, protocol: int
+    ) -> None:
+        """Move our route to `network` to `gateway` in place (NLM_F_REPLACE), only when
+        every route holding that key is ours; with none, an exclusive add."""
+        holders = await self._gateway_holders(network, table=table)
+        if not holders:
+            await self.add_gateway_route(
+                GatewayRoute(network, gateway), table=table, protocol=protocol
+            )
+            return
+        if any(p != protocol for p, _ in holders):
+            raise RouteConflict(
+                f"route {network} (table {table}) is not wg-kube's: {_holders_text(holders)}; "
+                "left as it is"
+            )
+        ipr = await self._conn()
+        try:
+            await ipr.route(
+                "replace", dst=str(network), gateway=str(gateway), table=table, proto=protocol
+            )
+        except NetlinkError as exc:
+            translate(exc, f"change route {network} to via {gateway}")
+
+    async def remove_gateway_route(self, route: GatewayRoute, *, table: int, protocol: int) -> None:
+        # Protocol and gateway are part of the match: only our route is deleted.
+        ipr = await self._conn()
+        try:
+            await ipr.route(
+                "del",
+                dst=str(route.network),
+                gateway=str(route.gateway),
+                table=table,
+                proto=protocol,
+            )
+        except NetlinkError as exc:
+            if exc.code in _IGNORED_ON_REMOVE:
+                return
+            translate(exc, f"remove route {route}")
+
+    async def _gateway_holders(
+        self, network: IPNetwork, *, table: int
+    ) -> list[tuple[int, IPAddress | None]]:
+        """(protocol, gateway) of the routes to exactly `network` in `table` at the metric
+        a route of ours gets: what an exclusive add collides with."""
+        ipr = await self._conn()
+        family = AF_INET if network.version == 4 else AF_INET6
+        metric = 0 if network.version == 4 else IPV6_DEFAULT_METRIC
+        found: list[tuple[int, IPAddress | None]] = []
+        try:
+            async for msg in _aiter(await ipr.route("dump", family=family, table=table)):
+                if (msg.get_attr("RTA_TABLE") or msg["table"]) != table:
+                    continue
+                if (
+                    _route_network(msg, family) != network
+                    or (msg.get_attr("RTA_PRIORITY") or 0) != metric
+                ):
+                    continue
+                gateway = msg.get_attr("RTA_GATEWAY")
+                found.append(
+                    (int(msg["proto"]), ipaddress.ip_address(gateway) if gateway else None)
+                )
+        except NetlinkError as exc:
+            translate(exc, f"read the routes to {network}")
+        return found
+
     # -- routes --------------------------------------------------------------------------
     async def routes(self, index: int, *, table: int, protocol: int) -> frozenset[IPNetwork]:
         """Routes through `index` in `table` that carry `protocol`: exactly the ones we own."""
@@ -357,6 +476,7 @@ class Rtnl:
                             device=names.get(oif, "?"),
                             protocol=int(msg["proto"]),
                             gateways=gateways,
+                            table=int(msg.get_attr("RTA_TABLE") or msg["table"]),
                         )
                     )
         except NetlinkError as exc:
@@ -377,6 +497,15 @@ async def _aiter(result: Any) -> AsyncIterator[Any]:
     else:
         for item in result:
             yield item
+
+
+def _holders_text(holders: list[tuple[int, IPAddress | None]]) -> str:
+    if not holders:
+        return "an unknown owner"
+    return "; ".join(
+        f"proto {protocol}" + (f" via {gateway}" if gateway else "")
+        for protocol, gateway in holders
+    )
 
 
 def _is_link_local(address: IPInterface) -> bool:

@@ -21,7 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wgkube.diff.model import ConfigureDevice, ObservedPeer, RemovePeer, UpsertPeer
-from wgkube.domain.errors import DeviceNotFound, InvalidInput, KernelError, OperationRejected
+from wgkube.domain.errors import (
+    DeviceNotFound,
+    InterfaceTaken,
+    InvalidInput,
+    KernelError,
+    OperationRejected,
+    PortInUse,
+)
 from wgkube.domain.keys import PresharedKey, PrivateKey, PublicKey
 from wgkube.domain.net import Endpoint, IPNetwork
 from wgkube.kernel.base import RtnlBackedKernel, WgDevice, WgOperation
@@ -70,10 +77,14 @@ class UserspaceKernel(RtnlBackedKernel):
 
     # -- link lifecycle ------------------------------------------------------------------
     async def _create_link(self, ifname: str) -> None:
-        if await self.rtnl.link(ifname) is not None:
+        if (link := await self.rtnl.link(ifname)) is not None:
             if self.socket_path(ifname).exists():
                 return  # adopt a running implementation
-            raise KernelError(f"interface {ifname} exists but has no UAPI socket")
+            raise InterfaceTaken(
+                f"interface {ifname} exists and is not a wireguard-go device "
+                f"({link.kind or 'a tun or other link'}, no UAPI socket at "
+                f"{self.socket_path(ifname)})"
+            )
         prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
         argv = [*prefix, *self.implementation, ifname]
         # The implementation daemonizes: the first process exits once the TUN device and
@@ -152,6 +163,17 @@ class UserspaceKernel(RtnlBackedKernel):
                         raise KernelError(f"interface {ifname}: UAPI closed without errno")
                     key, _, value = raw.decode().rstrip("\n").partition("=")
                     if key == "errno":
+                        if value.lstrip("-") == str(errno.EADDRINUSE):
+                            # wireguard-go answers a taken listen_port with -EADDRINUSE.
+                            port = next(
+                                (
+                                    int(v)
+                                    for k, _, v in (ln.partition("=") for ln in lines)
+                                    if k == "listen_port"
+                                ),
+                                0,
+                            )
+                            raise PortInUse(port)
                         if value != "0":
                             raise _refusal(ifname, lines[0], value)
                         return pairs

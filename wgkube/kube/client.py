@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import yaml
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
+from kubernetes_asyncio.config.config_exception import ConfigException
 
-from wgkube.domain.errors import ApiError
+from wgkube.domain.errors import ApiError, KubeconfigError
 
 log = logging.getLogger("wgkube.kube")
 
@@ -45,16 +47,44 @@ async def load_configuration(kubeconfig: Path | None) -> client.Configuration:
     """An explicit kubeconfig, else in-cluster credentials; never $KUBECONFIG implicitly."""
     configuration = client.Configuration()
     if kubeconfig is not None:
-        await config.load_kube_config(
-            config_file=str(kubeconfig),
-            client_configuration=configuration,
-            persist_config=False,
-        )
+        check_kubeconfig(kubeconfig)
+        try:
+            await config.load_kube_config(
+                config_file=str(kubeconfig),
+                client_configuration=configuration,
+                persist_config=False,
+            )
+        except (ConfigException, ValueError, OSError, TypeError, KeyError) as exc:
+            raise KubeconfigError(str(kubeconfig), f"is unusable: {exc}") from exc
     elif os.environ.get("KUBERNETES_SERVICE_HOST"):
         config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     else:
         raise KubeApiError("no kubeconfig given and not running inside a cluster")
     return configuration
+
+
+def check_kubeconfig(path: Path) -> None:
+    """Raise KubeconfigError (the fault and its fix) for what kubernetes-asyncio would
+    report as a traceback: a missing, unreadable or malformed file, or no current context."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise KubeconfigError(str(path), "does not exist: give the path of a kubeconfig") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise KubeconfigError(str(path), f"cannot be read ({reason})") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise KubeconfigError(str(path), f"is not valid YAML{where}") from exc
+    if not isinstance(data, dict) or not data.get("current-context"):
+        raise KubeconfigError(
+            str(path),
+            "has no current-context: choose one with "
+            f"`kubectl config use-context NAME --kubeconfig {path}`",
+        )
 
 
 class Api:
@@ -97,6 +127,10 @@ class Api:
                 return data
         except ApiException as exc:
             raise _translate(exc) from exc
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise KubeApiError(
+                f"the API server's TLS certificate is not trusted ({exc.certificate_error})"
+            ) from exc
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise KubeApiError(f"API server unreachable: {exc}") from exc
 

@@ -88,6 +88,23 @@ def ensure_forwarding(settings: HubSettings) -> None:
                 version,
                 exc,
             )
+    loosen_rp_filter(settings.interface)
+
+
+def loosen_rp_filter(interface: str) -> None:
+    """Loose reverse-path filtering (2) on the WireGuard interface: with strict (1) in
+    `all` (the kernel takes the maximum of `all` and the interface), a spoke's packet is
+    dropped whenever the hub's route back to its source leaves by another interface (a
+    hub with several underlay NICs, or a source a spoke forwards for)."""
+    path = Path(f"/proc/sys/net/ipv4/conf/{interface}/rp_filter")
+    if not path.exists():
+        return  # no such interface here (the memory backend of tests)
+    try:
+        if path.read_text().strip() != "2":
+            path.write_text("2\n")
+            log.info("set %s to 2 (loose) so replies through the hub are not dropped", path)
+    except OSError as exc:
+        log.warning("cannot set %s to 2 (loose): %s", path, exc)
 
 
 async def post_rejection(
@@ -274,11 +291,21 @@ class Hub:
             public_key=self.key.public_key(),
             endpoint=self.settings.published_endpoint(str(external) if external else None),
             allowed_ips=self.settings.advertised,
+            internal_ip=node_address(self.node or {}, "InternalIP"),
+            router_prefixes=self.settings.router_prefixes,
             # Several hubs: every spoke orders them by these (wgkube.desired.failover).
             priority=self.settings.hub_priority,
             created=creation_time(self.node or {}),
             addresses=tuple(ipaddress.ip_network(a.ip) for a in self.settings.address),
         )
+
+    def saw_own_node(self, node: NodeBody) -> None:
+        """The hub's Node as watched: republish when what the announcement says of it
+        changed (its InternalIP moves routers' gateways; nothing in its annotations)."""
+        before = self.record()
+        self.node = node
+        if self.record() != before:
+            self._publish.set()
 
     def wanted_data(self, config_map: NodeBody | None) -> dict[str, str]:
         """The announcement's data with this hub's entry as it is now, other hubs kept."""

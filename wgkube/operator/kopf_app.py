@@ -77,7 +77,7 @@ def install(
             hub.loop.wake()
         own = body.get("metadata", {}).get("name") == hub.settings.node_name
         if own and event.get("type") != "DELETED":
-            hub.node = body
+            hub.saw_own_node(body)
         if own and event.get("type") != "DELETED" and not hub.announced(body):
             try:
                 await hub.announce(body)

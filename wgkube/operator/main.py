@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -11,13 +12,14 @@ from collections.abc import Sequence
 import kopf
 
 from wgkube.config import SettingsError, fail, parse_settings
-from wgkube.domain.errors import KernelError, KeyFileError
+from wgkube.kernel import check_ipv6
 from wgkube.observe.metrics import serve_metrics
 from wgkube.observe.report import HubReporter
 from wgkube.operator.hub import Hub
 from wgkube.operator.kopf_app import install
 from wgkube.operator.probes import serve_probes
 from wgkube.operator.settings import HubSettings
+from wgkube.startup import check_api, run_checked
 
 log = logging.getLogger("wgkube.hub")
 
@@ -30,17 +32,15 @@ def run(argv: Sequence[str]) -> int:
     except SettingsError as exc:
         return fail("wg-kube hub", exc)
     setup_logging(settings.log_level)
-    try:
-        asyncio.run(serve(settings))
-    except KeyFileError as exc:
-        log.critical("cannot use the hub's private key: %s", exc)
-        return 1
-    except KernelError as exc:
-        log.critical("cannot set up the WireGuard device: %s", exc)
-        return 1
-    except KeyboardInterrupt:
-        pass
-    return 0
+
+    def body() -> int:
+        if settings.backend != "memory":
+            check_ipv6(settings.address)
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve(settings))
+        return 0
+
+    return run_checked("wg-kube hub", HubSettings, body)
 
 
 def setup_logging(level: str) -> None:
@@ -60,6 +60,11 @@ async def serve(settings: HubSettings) -> None:
         loop.add_signal_handler(sig, stop.set)
 
     hub = await Hub.start(settings)
+    try:
+        await check_api(hub.api, settings.kubeconfig, settings.node_name)
+    except BaseException:
+        await hub.close()
+        raise
     registry = kopf.OperatorRegistry()
     install(registry, lambda: hub)
     tasks: list[asyncio.Task[None]] = []

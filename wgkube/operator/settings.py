@@ -48,6 +48,14 @@ class HubSettings(NodeSettings):
     """The pool every spoke's allowed-ips must lie in (a peer outside: PeerConflict); default:
     no pool, only the conflict and route-safety checks."""
 
+    router_prefixes: tuple[IPNetwork, ...] | None = Field(
+        None, json_schema_extra=_env("WG_ROUTER_PREFIXES")
+    )
+    """What ordinary cluster nodes (`wg-kube router`) route via this hub's InternalIP,
+    published in the announcement: an aggregate of the spokes' addresses (and, in native
+    routing, their pod CIDRs); default: none published, routers use the allowed-ips that
+    do not overlap their own links."""
+
     node_name: str = Field(..., min_length=1, json_schema_extra=_env("NODE_NAME"))
     """This hub's Kubernetes Node name."""
 

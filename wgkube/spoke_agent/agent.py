@@ -535,6 +535,8 @@ class SpokeAgent:
                 hub = self.hub
                 ops = await self.reconciler.reconcile(self.desired())
                 refusal = self.reconciler.refused.get(hub.public_key) if hub else None
+                for net, why in sorted(self.reconciler.skipped_routes.items(), key=str):
+                    self._once("hub %s: no route for %s: %s", hub.node if hub else "?", net, why)
                 if hub is not None and refusal is not None:
                     # Not an error loop: the reconcile succeeded with the hub's peer held
                     # as it was; a new announcement lifts the refusal.

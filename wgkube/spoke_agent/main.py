@@ -17,9 +17,9 @@ from wgkube.config import SettingsError, fail, parse_settings
 from wgkube.desired.model import DesiredState
 from wgkube.desired.spoke import MAX_HUBS, hub_interface_name
 from wgkube.domain.annotations import HubRecord
-from wgkube.domain.errors import KernelError, KeyFileError
+from wgkube.domain.errors import KubeconfigError
 from wgkube.domain.keys import PrivateKey, PublicKey, load_private_key
-from wgkube.kernel import Kernel, open_kernel
+from wgkube.kernel import Kernel, check_ipv6, open_kernel
 from wgkube.kube.client import Api, KubeApiError
 from wgkube.observe.book import HealthBook
 from wgkube.observe.metrics import Metrics, serve_metrics, thresholds
@@ -27,6 +27,7 @@ from wgkube.observe.report import SpokeReporter
 from wgkube.reconcile import Reconciler
 from wgkube.spoke_agent.agent import SpokeAgent, device_spec
 from wgkube.spoke_agent.settings import SpokeSettings
+from wgkube.startup import check_api, run_checked
 
 log = logging.getLogger("wgkube.spoke")
 
@@ -41,20 +42,21 @@ def run(argv: Sequence[str]) -> int:
     except SettingsError as exc:
         return fail("wg-kube spoke", exc)
     setup_logging(settings.log_level)
-    try:
-        key = load_private_key(settings.key_path, create=not settings.down)[0]
-        if settings.down:
-            asyncio.run(down(settings, key))
-            return 0
-        # The interface and its address exist before any API call, so a kubelet started
-        # right after us can bind --node-ip to the WireGuard address.
-        asyncio.run(bring_up(settings, key))
-    except KeyFileError as exc:
-        log.critical("cannot use the spoke's private key: %s", exc)
-        return 1
-    except KernelError as exc:
-        log.critical("cannot set up the WireGuard device: %s", exc)
-        return 1
+    return run_checked("wg-kube spoke", SpokeSettings, lambda: start(settings))
+
+
+def start(settings: SpokeSettings) -> int:
+    """Key, interface, then the API; an expected failure raises for `run_checked`."""
+    key = load_private_key(settings.key_path, create=not settings.down)[0]
+    if settings.down:
+        asyncio.run(down(settings, key))
+        return 0
+    if settings.backend != "memory":
+        check_ipv6(settings.address)
+    # The interface and its address exist before any API call, so a kubelet started
+    # right after us can bind --node-ip to the WireGuard address. A bad kubeconfig found
+    # after this leaves the interface up.
+    asyncio.run(bring_up(settings, key))
     if settings.daemonize and not daemonize(settings):
         return 0  # the parent returns; the child carries on below
     notify("READY=1")
@@ -127,7 +129,17 @@ async def serve(settings: SpokeSettings, key: PrivateKey) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     kernel = await open_kernel(settings.backend, route_protocol=settings.route_protocol)
-    api = await Api.connect(settings.kubeconfig)
+    try:
+        api = await Api.connect(settings.kubeconfig)
+    except BaseException:
+        await kernel.close()
+        raise
+    try:
+        await check_api(api, settings.kubeconfig, settings.node_name)
+    except BaseException:
+        await api.close()
+        await kernel.close()
+        raise
     metrics = spoke_metrics(settings, kernel, lambda: agent.hub)
     agent = SpokeAgent(
         settings=settings,
@@ -240,7 +252,8 @@ async def down(settings: SpokeSettings, key: PrivateKey) -> None:
                 },
             )
         log.info("unregistered node %s", settings.node_name)
-    except KubeApiError as exc:
+    except (KubeApiError, KubeconfigError) as exc:
+        # Removing the interface must not depend on a working kubeconfig.
         log.warning("cannot unregister node %s: %s", settings.node_name, exc)
     kernel = await open_kernel(settings.backend, route_protocol=settings.route_protocol)
     try:

@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import os
 import secrets
 import shutil
@@ -436,12 +437,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         kubeconfig_path=args.kubeconfig,
     )
 
-    async def run() -> None:
+    async def run() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        await server.start()
+        try:
+            await server.start()
+        except OSError as exc:
+            # The kubeconfig is written only once the port is ours, so a caller waiting
+            # for an answer never talks to whoever holds the port.
+            await server.stop()
+            reason = "the port is already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+            print(
+                f"wgkube emulated apiserver: cannot listen on {args.host}:{args.port}: {reason}",
+                file=sys.stderr,
+                flush=True,
+            )
+            return 1
         print(
             f"wgkube emulated apiserver serving at {server.url} (kubeconfig: {server.kubeconfig})",
             flush=True,
@@ -450,9 +463,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             await stop.wait()
         finally:
             await server.stop()
+        return 0
 
-    asyncio.run(run())
-    return 0
+    return asyncio.run(run())
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""`wg-kube router`: ordinary cluster nodes route the overlay via the hub."""
