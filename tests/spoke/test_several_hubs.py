@@ -65,9 +65,11 @@ def test_the_active_hub_going_silent_moves_the_route_once_with_an_event_and_keep
     a = spoke.create_hub("hub-a", allowed=RANGE)
     b = spoke.create_hub("hub-b", endpoint="203.0.113.2:51820", allowed=RANGE)
     proc = spoke.start()
+    spoke.wait_hub_peer(a)
     wait_for(lambda: spoke.device.routes() == {RANGE}, timeout=15, message="the route on wg0")
     second = device(spoke, "wg0-1")
     wait_for(lambda: set(second.peers()) == {b}, timeout=15, message="hub-b on wg0-1")
+    proc.wait_log("traffic goes through hub hub-a")
     writes = spoke.device.writes
 
     stale_handshake(spoke, "wg0", a)
