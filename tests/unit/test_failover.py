@@ -67,12 +67,17 @@ def run(outcomes: str, start: float = 0.0, health: HubHealth | None = None) -> H
     [
         ("", False, False),
         ("1", False, False),
-        ("00", False, False),
-        ("000", True, True),
+        ("100", False, False),
+        ("1000", True, True),
         ("1110", False, False),
-        ("0001", False, True),
-        ("010101", False, False),  # scattered loss never adds up to three in a row
+        ("10001", False, True),
+        ("1010101", False, False),  # scattered loss never adds up to three in a row
         ("11000", True, True),
+        # not answered once yet (a join under way): down only after the startup misses
+        ("000", False, False),
+        ("0" * 49, False, False),
+        ("0" * 50, True, False),
+        ("0" * 50 + "1", False, False),  # then it answers: it never failed
     ],
 )
 def test_a_hub_is_down_after_three_probes_in_a_row_go_unanswered(
@@ -93,13 +98,14 @@ def test_a_recovered_hub_may_lead_only_after_a_hold_down_without_a_miss() -> Non
 
 def test_a_hub_never_down_leads_from_its_first_answer() -> None:
     assert may_lead(run("1"), 0.0, POLICY)
+    assert may_lead(run("0001"), 0.6, POLICY), "slow to join is not down"
     assert not may_lead(HubHealth(), 0.0, POLICY)
 
 
 UP = run("1")
-DOWN = run("000")
-HELD = run("0001", start=100.0)  # answering again since t = 100.6, down before
-BACK = run("0001", start=0.0)  # answering again since t = 0.6: past the hold-down at 20
+DOWN = run("1000")
+HELD = run("10001", start=99.8)  # answering again since t = 100.6, down before
+BACK = run("10001", start=-0.2)  # answering again since t = 0.6: past the hold-down at 20
 
 
 @pytest.mark.parametrize(
@@ -112,8 +118,10 @@ BACK = run("0001", start=0.0)  # answering again since t = 0.6: past the hold-do
         ("gone", {"a": UP}, 0.0, "a"),
         # steady: the active hub stays while it is not down
         ("a", {"a": UP, "b": UP}, 0.0, "a"),
-        ("b", {"a": run("00"), "b": UP}, 0.0, "b"),  # two misses are not a fault
-        ("a", {"a": run("00"), "b": UP}, 0.0, "a"),
+        ("b", {"a": run("100"), "b": UP}, 0.0, "b"),  # two misses are not a fault
+        ("a", {"a": run("100"), "b": UP}, 0.0, "a"),
+        ("a", {"a": run("0" * 20), "b": UP}, 0.0, "a"),  # still joining: no failover
+        ("a", {"a": run("0" * 50), "b": UP}, 0.0, "b"),  # dead from the start
         # failover: to the best answering hub
         ("a", {"a": DOWN, "b": UP, "c": UP}, 0.0, "b"),
         ("a", {"a": DOWN, "b": DOWN, "c": UP}, 0.0, "c"),
@@ -121,6 +129,7 @@ BACK = run("0001", start=0.0)  # answering again since t = 0.6: past the hold-do
         ("a", {"a": DOWN, "b": HELD}, 101.0, "b"),  # held down, but the only one answering
         ("a", {"a": DOWN, "b": DOWN}, 0.0, "a"),  # nothing answers: nothing moves
         ("a", {"a": DOWN, "b": {}}, 0.0, "a"),  # b not probed yet: not answering
+        ("a", {"a": DOWN, "b": run("0001")}, 0.0, "b"),  # b joined late: it leads at once
         # failback: only to a more preferred hub past its hold-down
         ("b", {"a": HELD, "b": UP}, 105.0, "b"),
         ("b", {"a": HELD, "b": UP}, 110.6, "a"),

@@ -4,7 +4,8 @@ failover choice (health of each hub -> the active hub), all pure with the clock 
 A spoke sends one probe through each hub every `interval` seconds (wgkube.spoke_agent.
 prober: a packet addressed to the spoke itself, which only comes back if the hub
 decrypts, *forwards* and re-encrypts it). A hub is down after `misses` probes in a row
-went unanswered; the handshake age is a slower backstop for a hub that cannot be probed.
+went unanswered (`startup_misses` while it has not answered once: a join is no fault);
+the handshake age is a slower backstop for a hub that cannot be probed.
 
 The choice is sticky. The active hub keeps the traffic while it answers. When it goes
 down, traffic moves at once to the most preferred hub that answers. A hub that has been
@@ -40,6 +41,11 @@ class FailoverPolicy:
     """Seconds between probes through each hub; also the time a probe has to come back."""
     misses: int = 3
     """Probes in a row without an answer before a hub is down: 3 x 0.2 s = 0.6 s."""
+    startup_misses: int = 50
+    """The same for a hub that has not answered once since the agent started (10 s at
+    0.2 s): its handshake may still be under way (the hub learns a new spoke's key from
+    the API), which is no failure to fail over on, while a hub dead from the start still
+    counts as down before long."""
     hold_down: float = 30.0
     """Seconds a hub that was down must answer every probe before it takes traffic back."""
     handshake_limit: float = HANDSHAKE_LIMIT
@@ -52,6 +58,8 @@ class HubHealth:
 
     misses: int = 0
     """Probes unanswered in a row."""
+    answered_once: bool = False
+    """Any probe through this hub has come back since the agent started."""
     answering_since: float | None = None
     """When the current run of answered probes began; None while the hub does not answer."""
     was_down: bool = False
@@ -67,14 +75,16 @@ def after_probe(health: HubHealth, answered: bool, now: float, policy: FailoverP
     """One probe's outcome folded into a hub's health."""
     if answered:
         since = health.answering_since if health.answering_since is not None else now
-        return replace(health, misses=0, answering_since=since)
-    misses = health.misses + 1
-    down = misses >= policy.misses
-    return HubHealth(misses=misses, answering_since=None, was_down=health.was_down or down)
+        return replace(health, misses=0, answering_since=since, answered_once=True)
+    after = replace(health, misses=health.misses + 1, answering_since=None)
+    # Only a hub that had answered can have failed: not answering yet is not a fault.
+    failed = after.answered_once and is_down(after, policy)
+    return replace(after, was_down=health.was_down or failed)
 
 
 def is_down(health: HubHealth, policy: FailoverPolicy) -> bool:
-    return health.misses >= policy.misses
+    limit = policy.misses if health.answered_once else policy.startup_misses
+    return health.misses >= limit
 
 
 def is_answering(health: HubHealth) -> bool:
