@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import scrape
+from bench import failover, scrape
 from bench.common import SOCKET_DIR, log
 from wgkube.testing.netns import create_netns, delete_netns
 
@@ -696,6 +696,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         vm = run_vm()
     log("/metrics scrape cost (wireguard-go, throw-away namespace)")
     results["scrape"] = scrape.run(1000 if args.quick else 5000)
+    log("failover between two hubs (wireguard-go, the lab's namespaces, under the lab lock)")
+    results["failover"] = failover.run(1 if args.quick else 3)
     results["environment"]["loadavg_end"] = list(os.getloadavg())
     results["duration_s"] = time.monotonic() - started
     results["host_status"] = {k: v for k, v in host.items() if k in ("status", "error")}
@@ -705,6 +707,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(render(results))
     print(scrape.line(results["scrape"]))
+    print("\n".join(failover.lines(results["failover"])))
     print(f"\nJSON: {args.json}")
     return 0 if _ok(host) else 1
 

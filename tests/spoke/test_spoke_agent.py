@@ -134,14 +134,16 @@ class TestHub:
         spoke.wait_hub_peer(older)
         proc.wait_log("2 Nodes are labelled as hubs (hub-a, hub-b); using hub-b")
 
-    def test_of_two_announced_hubs_the_first_by_name_is_chosen_with_a_warning(
+    def test_of_two_announced_hubs_the_first_by_name_holds_the_configured_interface(
         self, spoke: SpokeHarness
     ) -> None:
+        # Several hubs are followed together (tests/spoke/test_several_hubs.py); the
+        # preferred one, here the first by name, keeps the configured interface.
         spoke.create_hub("hub-b")
         first = spoke.create_hub("hub-a", endpoint="203.0.113.2:51820")
         proc = spoke.start()
         spoke.wait_hub_peer(first)
-        proc.wait_log("2 hubs are announced (hub-a, hub-b); using hub-a")
+        proc.wait_log("2 hubs are announced, in order of preference: hub-a (priority 0), hub-b")
 
     def test_a_labelled_hub_node_is_not_followed_by_default(self, spoke: SpokeHarness) -> None:
         impostor = PrivateKey.generate().public_key().b64

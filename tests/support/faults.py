@@ -125,6 +125,11 @@ class FaultyKernel:
                 raise fault.exception(op)
         await self.inner.apply(ifname, ops)
 
+    async def move_route(
+        self, ifname: str, destination: IPNetwork, *, among: Sequence[str]
+    ) -> None:
+        await self.inner.move_route(ifname, destination, among=among)
+
     async def delete(self, ifname: str) -> None:
         await self.inner.delete(ifname)
 

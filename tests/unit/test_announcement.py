@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -61,8 +62,36 @@ def test_the_encoding_is_stable_whatever_the_order_of_hubs_and_networks() -> Non
 
 
 def test_unknown_fields_are_ignored_for_later_features() -> None:
-    data = {DATA_KEY: json.dumps({"version": 1, "hubs": [entry(priority=3)], "policy": "x"})}
+    data = {DATA_KEY: json.dumps({"version": 1, "hubs": [entry(weight=3)], "policy": "x"})}
     assert decode(data) == (HUB.model_copy(update={"allowed_ips": nets("100.96.0.0/24")}),)
+
+
+def test_priority_creation_time_and_addresses_travel_with_each_hub_and_are_omitted_unset() -> None:
+    created = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    ranked = HUB.model_copy(
+        update={"priority": 5, "created": created, "addresses": nets("100.96.0.1/32")}
+    )
+    assert decode(encode([ranked])) == (ranked,)
+    for field in ("priority", "created", "addresses"):
+        assert field not in encode([HUB])[DATA_KEY]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"priority": "high"}, "'priority' is not an integer"),
+        ({"priority": True}, "'priority' is not an integer"),
+        ({"created": 5}, "'created' is not a string"),
+        ({"created": "yesterday"}, "'created' is not a timestamp"),
+        ({"addresses": "100.96.0.1/32"}, "'addresses' is not a list of strings"),
+        ({"addresses": ["not-an-address"]}, "hub 'hub-1'"),
+    ],
+)
+def test_a_bad_priority_or_creation_time_refuses_the_announcement(
+    extra: dict[str, object], message: str
+) -> None:
+    with pytest.raises(AnnouncementError, match=message):
+        decode(doc(entry(**extra)))
 
 
 def test_an_entry_without_an_endpoint_decodes_to_none() -> None:

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 from wgkube.desired.model import CONFLICT, DesiredState, DeviceSpec, PeerSpec, Rejection
 from wgkube.desired.protected import Protected, ProtectedIndex, describe, outside_pool
-from wgkube.domain.annotations import PeerRecord
+from wgkube.domain.annotations import HubRecord, PeerRecord
 from wgkube.domain.keys import PublicKey
 from wgkube.domain.net import Endpoint, IPNetwork, format_networks, normalize_networks
 
@@ -86,6 +86,7 @@ def hub_state(
     protected: Iterable[Protected] = (),
     learned_endpoints: Mapping[PublicKey, Endpoint] | None = None,
     peer_cidrs: tuple[IPNetwork, ...] | None = None,
+    hubs: Iterable[HubRecord] = (),
 ) -> tuple[DesiredState, list[Rejection]]:
     """Accept peers oldest first; a peer that conflicts with an accepted one is rejected whole.
 
@@ -99,6 +100,11 @@ def hub_state(
     server, the host's addresses, gateways and connected networks) nor any peer's
     endpoint, published or `learned_endpoints` (what WireGuard learned): a route into the
     tunnel for it would carry the hub's own underlay traffic into the tunnel.
+
+    `hubs` (the announcement; this hub's own entry is skipped) become peers first, on
+    their own addresses only, so that traffic can cross between hubs; a spoke claiming a
+    hub's address then conflicts with it. A hub entry without addresses, or whose
+    addresses overlap this hub's or an earlier hub's, is left out.
     """
     own_key = device.private_key.public_key()
     records = sorted(records, key=seniority)
@@ -126,6 +132,21 @@ def hub_state(
     peers: dict[PublicKey, PeerSpec] = {}
     key_owner: dict[PublicKey, str] = {}
     rejections: list[Rejection] = []
+    for other in sorted(hubs, key=lambda h: h.node):
+        mine = _collapsed(other.addresses)
+        if other.public_key == own_key or other.public_key in key_owner or not mine:
+            continue
+        if any(claims.owners_of(n) for n in mine):
+            continue
+        for net in mine:
+            claims.grant(net, other.node)
+        key_owner[other.public_key] = other.node
+        peers[other.public_key] = PeerSpec(
+            public_key=other.public_key,
+            endpoint=other.endpoint,
+            allowed_ips=normalize_networks(other.addresses),
+            persistent_keepalive=persistent_keepalive,
+        )
     for record in records:
         if record.public_key == own_key:
             rejections.append(
@@ -299,6 +320,7 @@ class HubDesired:
         self._clear()
 
     def _clear(self) -> None:
+        self._hubs: tuple[HubRecord, ...] = ()
         self._protected: tuple[Protected, ...] = ()
         self._learned: dict[PublicKey, Endpoint] = {}
         self._learned_hosts = _HostIndex()
@@ -328,9 +350,11 @@ class HubDesired:
         *,
         protected: Iterable[Protected] = (),
         learned_endpoints: Mapping[PublicKey, Endpoint] | None = None,
+        hubs: Iterable[HubRecord] = (),
     ) -> None:
-        """Everything from scratch (start-up, every resync)."""
+        """Everything from scratch (start-up, every resync, a change of the other hubs)."""
         self._clear()
+        self._hubs = tuple(hubs)
         self._protected = tuple(protected)
         self._learned = dict(learned_endpoints or {})
         for key, endpoint in self._learned.items():
@@ -338,6 +362,18 @@ class HubDesired:
         for record in records:
             self._index(record)
         self._recompute(set(self._records))
+        # The other hubs' peers depend on no Node (they are granted first): set once here.
+        hub_peers = hub_state(
+            self.device, (), hubs=self._hubs, persistent_keepalive=self._keepalive
+        )
+        for key, spec in (hub_peers[0].peers or {}).items():
+            self._peers[key] = spec
+            self._routes.update(n for n in spec.allowed_ips if not is_default_route(n))
+
+    @property
+    def hubs(self) -> tuple[HubRecord, ...]:
+        """The other hubs this state was computed with (a change needs a `reset`)."""
+        return self._hubs
 
     def update(self, changes: Mapping[str, PeerRecord | None]) -> set[PublicKey]:
         """Take the Nodes' new records (None: no longer a usable peer); returns the
@@ -417,6 +453,7 @@ class HubDesired:
             protected=self._protected,
             learned_endpoints=learned,
             peer_cidrs=self._peer_cidrs,
+            hubs=self._hubs,
         )
         old: dict[PublicKey, PeerSpec] = {}
         for name in names:
@@ -438,5 +475,6 @@ class HubDesired:
             self._peers[record.public_key] = spec
             self._routes.update(n for n in spec.allowed_ips if not is_default_route(n))
         touched = {k for k in old if self._peers.get(k) != old[k]}
-        touched |= {k for k in state.peers if k not in old}
+        keys = {r.public_key for r in records}
+        touched |= {k for k in state.peers if k not in old and k in keys}
         return touched

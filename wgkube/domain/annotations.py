@@ -75,6 +75,11 @@ class Keys(BaseModel):
         return self.prefix + "endpoint"
 
     @property
+    def active_hub(self) -> str:
+        """On a spoke's Node with several hubs: the hub its traffic goes through now."""
+        return self.prefix + "active-hub"
+
+    @property
     def allowed_ips(self) -> str:
         return self.prefix + "allowed-ips"
 
@@ -104,6 +109,12 @@ class HubRecord(BaseModel):
     public_key: PublicKey
     endpoint: Endpoint | None
     allowed_ips: tuple[IPNetwork, ...]
+    priority: int = 0
+    """--hub-priority: with several hubs, spokes prefer the highest (then the oldest Node)."""
+    created: datetime | None = None
+    """The hub Node's creationTimestamp: the older hub is preferred at equal priority."""
+    addresses: tuple[IPNetwork, ...] = ()
+    """The hub's own overlay addresses (host prefixes): the other hubs peer with it on them."""
     internal_ip: IPAddress | None = None
     """The hub's InternalIP on the cluster's node network: the gateway ordinary nodes
     route the overlay through (`wg-kube router`); None when not announced."""

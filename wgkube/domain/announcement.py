@@ -8,11 +8,18 @@ hubs, so several hubs fit later without a new format:
     data:
       hubs.json: {"version": 1, "hubs": [{"node": "hub-1", "publicKey": "…",
                   "endpoint": "203.0.113.1:51820", "allowedIPs": ["100.96.0.0/24"],
-                  "internalIP": "10.240.0.4", "routerPrefixes": ["100.96.0.0/24"]}]}
+                  "internalIP": "10.240.0.4", "routerPrefixes": ["100.96.0.0/24"],
+                  "priority": 10, "created": "2026-01-01T00:00:00+00:00",
+                  "addresses": ["100.96.0.1/32"]}]}
 
 `internalIP` and `routerPrefixes` are optional (`wg-kube router` reads them: ordinary
 nodes route `routerPrefixes`, else `allowedIPs`, via `internalIP`); they are written only
 when set, so a hub without them writes the same bytes as before.
+
+`priority` (--hub-priority, default 0, omitted when 0) and `created` (the hub Node's
+creationTimestamp, omitted when unknown) order several hubs: every spoke computes the
+same preference from them (wgkube.desired.failover.preference). `addresses` (the hub's
+own overlay addresses, omitted when unknown) is where the other hubs peer with it.
 
 Unknown fields are ignored (a newer hub may add some); an unknown version is refused,
 since its meaning is unknown.
@@ -23,6 +30,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from wgkube.domain.annotations import HubRecord
@@ -64,6 +72,13 @@ def _entry(hub: HubRecord) -> dict[str, Any]:
         entry["internalIP"] = str(hub.internal_ip)
     if hub.router_prefixes is not None:
         entry["routerPrefixes"] = [str(n) for n in normalize_networks(hub.router_prefixes)]
+    # Several hubs; only when set, so a single hub's document stays what it was before.
+    if hub.priority:
+        entry["priority"] = hub.priority
+    if hub.created is not None:
+        entry["created"] = hub.created.isoformat()
+    if hub.addresses:
+        entry["addresses"] = [str(net) for net in normalize_networks(hub.addresses)]
     return entry
 
 
@@ -114,11 +129,23 @@ def _hub(index: int, entry: Any) -> HubRecord:
             raise AnnouncementError(f"{where}: 'allowedIPs' is missing or empty")
         if not all(isinstance(cidr, str) for cidr in allowed):
             raise AnnouncementError(f"{where}: 'allowedIPs' holds a non-string")
+        priority = entry.get("priority", 0)
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            raise AnnouncementError(f"{where}: 'priority' is not an integer")
+        created = entry.get("created")
+        if created is not None and not isinstance(created, str):
+            raise AnnouncementError(f"{where}: 'created' is not a string")
+        addresses = entry.get("addresses", [])
+        if not isinstance(addresses, list) or not all(isinstance(a, str) for a in addresses):
+            raise AnnouncementError(f"{where}: 'addresses' is not a list of strings")
         return HubRecord(
             node=node,
             public_key=PublicKey.parse(key),
             endpoint=Endpoint.parse(endpoint) if endpoint else None,
             allowed_ips=parse_networks(",".join(allowed)),
+            priority=priority,
+            created=_timestamp(where, created),
+            addresses=parse_networks(",".join(addresses)) if addresses else (),
             internal_ip=_internal_ip(where, entry.get("internalIP")),
             router_prefixes=_router_prefixes(where, entry.get("routerPrefixes")),
         )
@@ -126,6 +153,16 @@ def _hub(index: int, entry: Any) -> HubRecord:
         raise
     except InvalidInput as exc:
         raise AnnouncementError(f"{where}: {exc}") from exc
+
+
+def _timestamp(where: str, text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        stamp = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise AnnouncementError(f"{where}: 'created' is not a timestamp: {text!r}") from exc
+    return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
 
 
 def _internal_ip(where: str, value: Any) -> IPAddress | None:

@@ -27,6 +27,7 @@ from wgkube.diff.model import (
 )
 from wgkube.domain.errors import DeviceNotFound
 from wgkube.domain.keys import PrivateKey, PublicKey
+from wgkube.domain.net import IPNetwork
 from wgkube.kernel.port import MAIN_TABLE, ROUTE_PROTOCOL
 from wgkube.kernel.rtnl import Rtnl
 
@@ -149,6 +150,20 @@ class RtnlBackedKernel:
                 )
             case _:  # pragma: no cover - WireGuard operations never reach here
                 raise AssertionError(op)
+
+    async def move_route(
+        self, ifname: str, destination: IPNetwork, *, among: Sequence[str]
+    ) -> None:
+        index = await self.rtnl.index(ifname)
+        ours = {index}
+        for name in among:
+            link = await self.rtnl.link(name)
+            if link is not None:
+                ours.add(link.index)
+        await self.rtnl.move_route(
+            index, destination, ours, table=self.route_table, protocol=self.route_protocol
+        )
+        self.writes += 1
 
     async def delete(self, ifname: str) -> None:
         if await self.rtnl.delete_link(ifname):

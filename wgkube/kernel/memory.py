@@ -160,6 +160,25 @@ class MemoryKernel:
             self.writes += self._pending_writes
             self._save()
 
+    async def move_route(
+        self, ifname: str, destination: IPNetwork, *, among: Sequence[str]
+    ) -> None:
+        self._load()
+        if (owner := self._foreign.get(str(destination))) is not None:
+            raise RouteConflict(
+                f"route {destination} already exists and is not wg-kube's: {owner}; left as it is"
+            )
+        dev = self._devices.get(ifname)
+        if dev is None:
+            raise DeviceNotFound(f"interface {ifname} does not exist")
+        for name in among:
+            if name in self._devices:
+                self._devices[name].routes.discard(str(destination))
+        dev.routes.add(str(destination))
+        self.writes += 1
+        self._pending_writes = 1
+        self._save()
+
     async def delete(self, ifname: str) -> None:
         self._load()
         self._pending_writes = 1 if self._devices.pop(ifname, None) is not None else 0

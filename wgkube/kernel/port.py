@@ -7,6 +7,7 @@ from typing import Protocol
 
 from wgkube.diff.model import ObservedPeer, ObservedState, Operation
 from wgkube.domain.keys import PublicKey
+from wgkube.domain.net import IPNetwork
 
 ROUTE_PROTOCOL = 87
 """rtnetlink protocol number that marks the routes wg-kube owns (`ip route ... proto 87`).
@@ -41,6 +42,15 @@ class Kernel(Protocol):
         ...
 
     async def apply(self, ifname: str, ops: Sequence[Operation]) -> None: ...
+
+    async def move_route(
+        self, ifname: str, destination: IPNetwork, *, among: Sequence[str]
+    ) -> None:
+        """Point our route to `destination` at `ifname` in one replace, from whichever of
+        the interfaces `among` holds it (a failover between hubs: no moment without a
+        route). Created when there is none; a route with that key that is not ours on one
+        of them (another protocol, another device) is a RouteConflict and stays as it is."""
+        ...
 
     async def delete(self, ifname: str) -> None:
         """Remove the interface and, with it, its peers, addresses and routes."""

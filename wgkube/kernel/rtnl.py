@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 from socket import AF_INET, AF_INET6
 from typing import Any, NoReturn
@@ -370,6 +370,29 @@ class Rtnl:
             "left as it is",
             answer=answer,
         )
+
+    async def move_route(
+        self, index: int, net: IPNetwork, ours: Collection[int], *, table: int, protocol: int
+    ) -> None:
+        """One NLM_F_REPLACE of our route to `net` (`protocol`, through one of the links
+        `ours`) to `index`. Only after reading who holds the key: any other route to `net`
+        is never replaced, as `add_route` never does."""
+        holders = await self._same_key(net, table=table)
+        foreign = [h for h in holders if h[0] != protocol or h[1] not in ours]
+        if foreign:
+            owner = "; ".join([await self._describe(*h) for h in foreign])
+            raise RouteConflict(
+                f"route {net} (table {table}) already exists and is not wg-kube's: {owner}; "
+                "left as it is",
+                answer="not replaced",
+            )
+        if any(oif == index for _, oif, _ in holders):
+            return
+        ipr = await self._conn()
+        try:
+            await ipr.route("replace", dst=str(net), oif=index, table=table, proto=protocol)
+        except NetlinkError as exc:
+            translate(exc, f"move route {net}")
 
     async def _same_key(self, net: IPNetwork, *, table: int) -> list[tuple[int, int, Any]]:
         """(protocol, oif, gateway) of the routes to exactly `net` in `table` at the metric

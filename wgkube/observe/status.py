@@ -125,6 +125,8 @@ def overlay(
             rejection = rejections.get(name)
             if rejection is not None and row["state"] in ("rejected", ""):
                 row["detail"] = f"{rejection.get('reason')}: {rejection.get('message', '')}"
+            elif active := notes.get(keys.active_hub):
+                row["detail"] = f"via hub {active}"  # several hubs: the spoke's active one
         rows.append(row)
     return rows
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import ipaddress
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from wgkube.domain import announcement
 from wgkube.domain.annotations import (
     HubRecord,
     NodeBody,
+    creation_time,
     node_address,
     node_annotations,
     node_labels,
@@ -308,6 +310,10 @@ class Hub:
             allowed_ips=self.settings.advertised,
             internal_ip=node_address(self.node or {}, "InternalIP"),
             router_prefixes=self.settings.router_prefixes,
+            # Several hubs: every spoke orders them by these (wgkube.desired.failover).
+            priority=self.settings.hub_priority,
+            created=creation_time(self.node or {}),
+            addresses=tuple(ipaddress.ip_network(a.ip) for a in self.settings.address),
         )
 
     def saw_own_node(self, node: NodeBody) -> None:
@@ -381,10 +387,12 @@ class Hub:
         async def on_list(items: list[dict[str, Any]]) -> None:
             self.problems.granted(what)
             self._seen = (items[0] if items else None,)
+            self._follow_hubs()
             self._publish.set()
 
         async def on_event(kind: str, obj: dict[str, Any]) -> None:
             self._seen = (None if kind == "DELETED" else obj,)
+            self._follow_hubs()
             self._publish.set()
 
         async def on_error(exc: KubeApiError) -> None:
@@ -437,6 +445,22 @@ class Hub:
             on_list=on_list,
             on_event=on_event,
         )
+
+    def _follow_hubs(self) -> None:
+        """The other announced hubs become peers on their own addresses (desired.hub_state);
+        a deleted or unusable announcement keeps the last good set."""
+        seen = self._seen[0] if self._seen else None
+        if seen is None:
+            return
+        try:
+            hubs = announcement.decode(seen.get("data"))
+        except AnnouncementError:
+            return  # logged when it is replaced (wanted_data)
+        others = tuple(h for h in hubs if h.node != self.settings.node_name)
+        if others != self.loop.hubs:
+            self.loop.hubs = others
+            log.info("hub peers: %s", ", ".join(h.node for h in others) or "none")
+            self.loop.wake()
 
     async def _publisher(self, resync_interval: float) -> None:
         backoff = 0.5

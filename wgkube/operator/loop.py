@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from wgkube.desired.hub import HubDesired, seniority
 from wgkube.desired.model import INVALID, DeviceSpec, Rejection
 from wgkube.desired.protected import Protected
+from wgkube.domain.annotations import HubRecord
 from wgkube.domain.errors import WgKubeError
 from wgkube.domain.keys import PublicKey
 from wgkube.domain.net import Endpoint, IPNetwork
@@ -102,6 +103,8 @@ class HubLoop:
     guard: Guarder | None = None
     """Reads the protected set; called before the first reconcile and at every resync."""
     peer_cidrs: tuple[IPNetwork, ...] | None = None
+    hubs: tuple[HubRecord, ...] = ()
+    """The announced hubs (set by the Hub from the announcement): peers on their addresses."""
     guarded: Guard = field(default_factory=lambda: ((), {}))
     listed: asyncio.Event = field(default_factory=asyncio.Event)
     stats: LoopStats = field(default_factory=LoopStats)
@@ -210,7 +213,7 @@ class HubLoop:
         started = time.monotonic()
         state = self._desired
         changed = None
-        if full or state is None:
+        if full or state is None or state.hubs != self.hubs:
             state = self._desired = HubDesired(
                 self.device,
                 persistent_keepalive=self.persistent_keepalive,
@@ -221,6 +224,7 @@ class HubLoop:
                 self.registry.records(),
                 protected=self.guarded[0],
                 learned_endpoints=self.guarded[1],
+                hubs=self.hubs,
             )
         else:
             changed = state.update(self.registry.take_changes())

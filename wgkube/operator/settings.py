@@ -116,6 +116,10 @@ class HubSettings(NodeSettings):
     no longer grow the hub's routing table and WireGuard trie by thousands of entries.
     """
 
+    hub_priority: int = Field(0, ge=-1000, le=1000, json_schema_extra=_env("WG_HUB_PRIORITY"))
+    """With several hubs: spokes send through the highest priority that forwards, then
+    the oldest hub Node, then the name (published in the announcement)."""
+
     probe_address: str = Field("0.0.0.0:9798", json_schema_extra=_env("WG_PROBE_ADDRESS"))
     """host:port serving /healthz and /readyz; empty disables."""
 

@@ -1,14 +1,16 @@
-"""The spoke agent's steady state: keep its Node registered and follow the hub."""
+"""The spoke agent's steady state: keep its Node registered and follow the hub (with
+several hubs announced, all of them, through wgkube.spoke_agent.hubs)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from wgkube.desired.failover import FailoverPolicy
 from wgkube.desired.model import DesiredState, DeviceSpec
 from wgkube.desired.spoke import spoke_state, unsafe_routes
 from wgkube.domain import announcement
@@ -30,6 +32,7 @@ from wgkube.kube.address import api_server_addresses
 from wgkube.kube.client import Api, Forbidden, KubeApiError
 from wgkube.kube.watch import follow_config_map, follow_nodes
 from wgkube.reconcile import Reconciler
+from wgkube.spoke_agent.hubs import HubSet
 from wgkube.spoke_agent.settings import SpokeSettings
 
 log = logging.getLogger("wgkube.spoke")
@@ -63,6 +66,21 @@ def device_spec(settings: SpokeSettings, key: PrivateKey) -> DeviceSpec:
     )
 
 
+def failover_policy(settings: SpokeSettings) -> FailoverPolicy:
+    return FailoverPolicy(
+        interval=settings.hub_probe_interval,
+        misses=settings.hub_probe_misses,
+        hold_down=settings.hub_hold_down,
+        handshake_limit=settings.health_handshake_limit,
+    )
+
+
+HUB_FAILOVER = "HubFailover"
+"""Event reason: this spoke's traffic moved to another hub because its hub went down."""
+HUB_FAILBACK = "HubFailback"
+"""Event reason: traffic moved back to the preferred hub after its hold-down."""
+
+
 def choose_hub(nodes: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Several hubs: the oldest Node wins, then the name; deterministic on every spoke."""
     if not nodes:
@@ -94,10 +112,88 @@ class SpokeAgent:
     """Told a one-line state whenever it changes (systemd's STATUS=)."""
     _status: str = ""
     _refused: dict[str, str] = field(default_factory=dict)
+    several: HubSet | None = None
+    """The hubs when more than one is announced (made at the first such announcement)."""
+    on_active_hub: Callable[[str, bool], None] = lambda hub, moved: None
+    """Told the active hub whenever it is set, and whether traffic moved (metrics)."""
+    _leave_several: bool = False
+    _events: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
     def device(self) -> DeviceSpec:
         return device_spec(self.settings, self.key)
+
+    @property
+    def active_hub(self) -> HubRecord | None:
+        """The hub this spoke's traffic goes through."""
+        if self.several is not None and self.several.hubs:
+            return self.several.record(self.several.active)
+        return self.hub
+
+    def hub_set(self) -> HubSet:
+        if self.several is None:
+            self.several = HubSet(
+                kernel=self.reconciler.kernel,
+                reconciler=self.reconciler,
+                device=self.device,
+                policy=failover_policy(self.settings),
+                hub_allowed_ips=self.settings.hub_allowed_ips,
+                persistent_keepalive=self.settings.persistent_keepalive,
+                api_server=self.api_server,
+                on_failover=self._failed_over,
+            )
+        return self.several
+
+    def _failed_over(self, old: HubRecord | None, new: HubRecord, why: str, down: bool) -> None:
+        """Right after the route moved: log, metrics, status, and in the background the
+        active-hub annotation on this Node (`wg-kube status`) and an Event."""
+        self.on_active_hub(new.node, old is not None)
+        self._state()
+        self._wakeup.set()  # the reconcile tidies anything the move left
+        self._background(self._annotate_active(new.node))
+        if old is None:
+            log.info("traffic goes through hub %s (%s)", new.node, why)
+            return
+        log.log(
+            logging.WARNING if down else logging.INFO,
+            "traffic moved from hub %s to hub %s: %s",
+            old.node,
+            new.node,
+            why,
+        )
+        self._background(
+            self._post_event(
+                "Warning" if down else "Normal",
+                HUB_FAILOVER if down else HUB_FAILBACK,
+                f"traffic moved from hub {old.node} to hub {new.node}: {why}",
+            )
+        )
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._events.add(task)
+        task.add_done_callback(self._events.discard)
+
+    async def _annotate_active(self, hub: str | None) -> None:
+        """Best effort and after the fact: the API server may be behind the dead hub."""
+        patch = {"metadata": {"annotations": {self.settings.keys.active_hub: hub}}}
+        try:
+            await self.api.patch_node(self.settings.node_name, patch)
+        except KubeApiError as exc:
+            log.warning("cannot note the active hub on node %s: %s", self.settings.node_name, exc)
+
+    async def _post_event(self, type_: str, reason: str, message: str) -> None:
+        try:
+            await self.api.post_event(
+                {"metadata": {"name": self.settings.node_name}},
+                type_=type_,
+                reason=reason,
+                message=message,
+                reporting_instance=self.settings.node_name,
+            )
+        except KubeApiError as exc:
+            # The API server may be reachable only through the hub that just went.
+            log.warning("cannot post the %s Event: %s", reason, exc)
 
     def desired(self) -> DesiredState:
         allowed = self.settings.hub_allowed_ips
@@ -115,6 +211,10 @@ class SpokeAgent:
     def _state(self) -> None:
         if self._refused:
             text = "; ".join(self._refused[k] for k in sorted(self._refused))
+        elif self.several is not None and self.several.hubs:
+            active = self.several.active or "none yet"
+            names = ", ".join(h.node for h in self.several.hubs)
+            text = f"following hubs {names}; traffic through {active}"
         elif self.hub is None:
             text = f"waiting for the hub ({self._source()})"
         else:
@@ -212,6 +312,9 @@ class SpokeAgent:
             return
         try:
             hubs = announcement.decode(config_map.get("data"))
+            if len(hubs) > 1 and self.settings.pinned_hub_key is None:
+                self._follow_several(hubs)
+                return
             record = announcement.trusted_hub(hubs, self.settings.pinned_hub_key)
         except AnnouncementError as exc:
             what = "keeping the last good configuration" if self.hub else "waiting for a valid one"
@@ -227,7 +330,27 @@ class SpokeAgent:
             )
         self._follow(record)
 
+    def _follow_several(self, hubs: tuple[HubRecord, ...]) -> None:
+        """Several hubs (no pinned key): a device for each, traffic through the best one."""
+        several = self.hub_set()
+        before = several.hubs
+        several.set_hubs(hubs)
+        if several.hubs != before:
+            log.info(
+                "%d hubs are announced, in order of preference: %s; one interface each, "
+                "traffic through the first that forwards",
+                len(hubs),
+                ", ".join(f"{h.node} (priority {h.priority})" for h in several.hubs),
+            )
+            self._said.clear()
+        self._leave_several = False
+        self._state()
+        self._wakeup.set()
+
     def _follow(self, record: HubRecord) -> None:
+        if self.several is not None and self.several.hubs:
+            self._leave_several = True  # back to one hub: the reconcile loop tidies up
+            self._synced = None
         if record != self.hub:
             log.info(
                 "hub %s: public key %s, endpoint %s, allowed-ips %s",
@@ -355,15 +478,16 @@ class SpokeAgent:
             asyncio.create_task(self._hub_follower(), name="hub"),
             asyncio.create_task(self._registration_loop(), name="registration"),
             asyncio.create_task(self._reconcile_loop(), name="reconcile"),
+            asyncio.create_task(self.hub_set().run(), name="hub probes"),
         ]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
                 task.result()
         finally:
-            for task in tasks:
+            for task in [*tasks, *self._events]:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, *self._events, return_exceptions=True)
 
     async def _registration_loop(self) -> None:
         # Woken by the own-Node watch whenever the Node lacks our label or annotations.
@@ -392,6 +516,22 @@ class SpokeAgent:
                     await self._wakeup.wait()
             self._wakeup.clear()
             try:
+                several = self.several
+                if several is not None and several.hubs and not self._leave_several:
+                    ops = await several.reconcile()
+                    self.hub = several.first
+                    if ops:
+                        log.info(
+                            "tunnels to %d hubs in place (%d change(s))",
+                            len(several.hubs),
+                            len(ops),
+                        )
+                    self._state()
+                    continue
+                if several is not None and self._leave_several:
+                    await several.leave()
+                    self._leave_several = False
+                    self._background(self._annotate_active(None))
                 hub = self.hub
                 ops = await self.reconciler.reconcile(self.desired())
                 refusal = self.reconciler.refused.get(hub.public_key) if hub else None

@@ -11,8 +11,11 @@ import socket
 import sys
 from collections.abc import Callable, Sequence
 
+from prometheus_client import Counter, Gauge
+
 from wgkube.config import SettingsError, fail, parse_settings
 from wgkube.desired.model import DesiredState
+from wgkube.desired.spoke import MAX_HUBS, hub_interface_name
 from wgkube.domain.annotations import HubRecord
 from wgkube.domain.errors import KubeconfigError
 from wgkube.domain.keys import PrivateKey, PublicKey, load_private_key
@@ -144,6 +147,7 @@ async def serve(settings: SpokeSettings, key: PrivateKey) -> None:
         api=api,
         reconciler=Reconciler(kernel, keep_refused=True, observer=metrics.reconcile),
         status=lambda text: notify(f"STATUS={text}"),  # `systemctl status` shows it
+        on_active_hub=active_hub_metrics(metrics),
     )
     task = asyncio.create_task(agent.run())
     stopper = asyncio.create_task(stop.wait())
@@ -173,6 +177,32 @@ def spoke_metrics(
 
     book = HealthBook(thresholds(settings.health_handshake_limit, settings.health_keepalive))
     return Metrics(kernel, settings.interface, "spoke", book, names=names)
+
+
+def active_hub_metrics(metrics: Metrics) -> Callable[[str, bool], None]:
+    """wgkube_active_hub{hub} and wgkube_hub_failovers_total, kept by the failover hook."""
+    active = Gauge(
+        "wgkube_active_hub",
+        "1 for the hub this spoke's traffic goes through (several hubs), 0 for the others",
+        ["hub"],
+        registry=metrics.registry,
+    )
+    failovers = Counter(
+        "wgkube_hub_failovers",
+        "Times this spoke's traffic moved from one hub to another",
+        registry=metrics.registry,
+    )
+    shown: set[str] = set()
+
+    def update(hub: str, moved: bool) -> None:
+        for other in shown - {hub}:
+            active.labels(hub=other).set(0)
+        active.labels(hub=hub).set(1)
+        shown.add(hub)
+        if moved:
+            failovers.inc()
+
+    return update
 
 
 def observe(
@@ -212,7 +242,11 @@ async def down(settings: SpokeSettings, key: PrivateKey) -> None:
                 {
                     "metadata": {
                         "labels": {keys.peer: None},
-                        "annotations": {keys.public_key: None, keys.allowed_ips: None}
+                        "annotations": {
+                            keys.public_key: None,
+                            keys.allowed_ips: None,
+                            keys.active_hub: None,
+                        }
                         | ({keys.endpoint: None} if settings.endpoint else {}),
                     }
                 },
@@ -225,5 +259,10 @@ async def down(settings: SpokeSettings, key: PrivateKey) -> None:
     try:
         await kernel.delete(settings.interface)
         log.info("removed interface %s (key %s kept)", settings.interface, settings.key_path)
+        for slot in range(1, MAX_HUBS):  # the devices for further hubs, if any
+            ifname = hub_interface_name(settings.interface, slot)
+            if (await kernel.observe(ifname)).exists:
+                await kernel.delete(ifname)
+                log.info("removed interface %s", ifname)
     finally:
         await kernel.close()

@@ -159,6 +159,24 @@ class SpokeSettings(NodeSettings):
     )
     """Seconds between rewrites of an unchanged WireGuardTunnel condition."""
 
+    hub_probe_interval: float = Field(
+        0.2, gt=0, le=10, json_schema_extra=_env("WG_HUB_PROBE_INTERVAL", "--hub-probe-interval")
+    )
+    """With several hubs: seconds between data-path probes through each hub; a probe not
+    back within one interval is a miss (keep it above the round trip to the hubs)."""
+
+    hub_probe_misses: int = Field(
+        3, ge=1, le=100, json_schema_extra=_env("WG_HUB_PROBE_MISSES", "--hub-probe-misses")
+    )
+    """With several hubs: probes in a row without an answer before a hub is down and
+    traffic moves (3 x 0.2 s: failover in well under a second)."""
+
+    hub_hold_down: float = Field(
+        30.0, ge=0, json_schema_extra=_env("WG_HUB_HOLD_DOWN", "--hub-hold-down")
+    )
+    """With several hubs: seconds a hub that was down must answer every probe before it
+    takes this spoke's traffic back (no flapping)."""
+
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", json_schema_extra=_env("WG_LOG_LEVEL", "--log-level")
     )

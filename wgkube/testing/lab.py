@@ -31,6 +31,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from wgkube.desired.spoke import MAX_HUBS, hub_interface_name
 from wgkube.diff.model import ObservedState
 from wgkube.domain.keys import PrivateKey, load_private_key
 from wgkube.kernel import Backend, Kernel, open_kernel
@@ -73,6 +74,10 @@ class Node:
     site: str = "cluster"
     """With `place`: "cluster" (the node network), "internet" (a spoke out there) or
     "both" (the hub: InternalIP on the node network, ExternalIP on the internet)."""
+    address: str = ""
+    """The overlay address when not the default (a second hub needs its own)."""
+    args: tuple[str, ...] = ()
+    """Extra arguments for this node's `wg-kube` (e.g. --hub-priority)."""
 
     @property
     def underlay(self) -> str:
@@ -89,6 +94,8 @@ class Node:
 
     @property
     def wg_address(self) -> str:
+        if self.address:
+            return self.address
         return HUB_WG if self.role == "hub" else f"100.96.0.{self.index}"
 
     @property
@@ -121,7 +128,7 @@ class LabState:
     @classmethod
     def load(cls, workdir: Path) -> LabState:
         data = json.loads((workdir / "state.json").read_text())
-        nodes = [Node(**n) for n in data.pop("nodes")]
+        nodes = [Node(**{**n, "args": tuple(n.get("args", ()))}) for n in data.pop("nodes")]
         return cls(**data, nodes=nodes)
 
 
@@ -367,6 +374,8 @@ class Lab:
                 "--probe-address",
                 f"{node.underlay}:9798",
                 *self.hub_args,
+                *(("--address", f"{node.address}/32") if node.address else ()),
+                *node.args,
             ]
         else:
             argv = ["spoke"]
@@ -604,8 +613,9 @@ def clean(state: LabState) -> None:
             _delete_namespace(node.ns)
         sh("ip", "link", "del", node.veth, check=False)
         sh("ip", "link", "del", node.internet_veth, check=False)
-        with contextlib.suppress(FileNotFoundError):
-            (SOCKET_DIR / f"{node.ifname}.sock").unlink()
+        for slot in range(MAX_HUBS):  # a spoke's devices for further hubs, too
+            with contextlib.suppress(FileNotFoundError):
+                (SOCKET_DIR / f"{hub_interface_name(node.ifname, slot)}.sock").unlink()
     if state.bridge:
         sh("ip", "link", "del", BRIDGE, check=False)
     if state.internet:

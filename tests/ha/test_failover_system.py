@@ -1,0 +1,59 @@
+"""Two hubs, two spokes: real `wg-kube` processes with wireguard-go in network namespaces
+against the API emulator (the scenario of bench/failover.py, asserted here).
+
+Each fault on the active hub — its underlay link down, its WireGuard UDP dropped by
+nftables, its IP forwarding off — moves both spokes to the other hub once, within the
+issue's bound on the outage, and back once after the hold-down without loss; killing the
+active hub's operator loses nothing and moves nothing.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bench import failover
+from wgkube.testing.netns import can_make_namespaces
+
+HOLD_DOWN = 3.0
+
+
+def skip_unless_lab() -> None:
+    reason = can_make_namespaces()
+    if reason is None and shutil.which("wireguard-go") is None:
+        reason = "wireguard-go is not installed"
+    if reason is None and shutil.which("nft") is None:
+        reason = "nft is not installed"
+    if reason is not None:
+        pytest.skip(reason)
+
+
+@pytest.mark.userspace
+@pytest.mark.slow
+async def test_each_fault_on_the_active_hub_moves_both_spokes_once_and_back_after_the_hold_down(
+    tmp_path: Path,
+) -> None:
+    skip_unless_lab()
+    ha = await failover.start(tmp_path / "lab", hold_down=HOLD_DOWN)
+    try:
+        # Joined: both spokes peer with both hubs and send through the preferred one.
+        for spoke in ha.spokes:
+            assert await ha.on_hub(spoke) == "hub-a"
+        for fault in failover.FAULTS:
+            record = await failover.one_fault(ha, fault, hold_down=HOLD_DOWN)
+            assert record["hubs_during_fault"] == ["hub-b", "hub-b"], record
+            assert record["route_changes_per_spoke"] == [1, 1], record
+            assert record["route_changes_with_failback"] == [2, 2], record
+            assert record["failback_lost"] == [0, 0], record
+            assert min(record["lost"]) > 0, f"{fault.name} did not cut the traffic: {record}"
+            assert record["worst_s"] <= failover.TARGET_WORST_S, record
+
+        killed = await failover.kill_operator(ha)
+        assert killed["lost"] == [0, 0], killed
+        assert killed["route_changes_per_spoke"] == [0, 0], killed
+        assert killed["hubs_after"] == ["hub-a", "hub-a"], killed
+    finally:
+        await ha.lab.close_kernels()
+        ha.lab.clean()
