@@ -10,11 +10,19 @@ from tests.unit.builders import ep, iface, net, priv, pub, record
 from wgkube.desired.hub import HubDesired, hub_state
 from wgkube.desired.model import DesiredState, DeviceSpec, Rejection
 from wgkube.desired.protected import Protected
-from wgkube.domain.annotations import PeerRecord
+from wgkube.domain.annotations import HubRecord, PeerRecord
 
 HUB = DeviceSpec(name="wg0", private_key=priv("hub"), addresses=(iface("100.96.0.1/24"),))
 PROTECTED = (Protected.address(net("10.9.9.9/32").network_address, "the API server 10.9.9.9"),)
 LEARNED = {pub(3): ep("10.1.2.7:51820"), pub(9): ep("10.2.0.1:51820")}
+OTHER_HUB = HubRecord(
+    node="hub-b",
+    public_key=pub(7),
+    endpoint=ep("203.0.113.50:51820"),
+    allowed_ips=(net("100.96.0.0/24"),),
+    addresses=(net("100.96.0.5/32"),),
+)
+"""Another hub, peered on its own address, which some generated Nodes claim too."""
 
 NAMES = [f"n{i}" for i in range(6)]
 # Nested, overlapping and disjoint prefixes, the hub's own, the API server's, dual stack.
@@ -63,13 +71,15 @@ def outcome(state: DesiredState, rejections: list[Rejection]) -> tuple[object, .
 
 
 @settings(max_examples=300, deadline=None)
-@given(events, st.sampled_from([None, (net("10.0.0.0/8"),)]))
+@given(events, st.sampled_from([None, (net("10.0.0.0/8"),)]), st.sampled_from([(), (OTHER_HUB,)]))
 def test_the_kept_state_equals_a_full_recomputation_after_every_event(
-    sequence: list[PeerRecord | str], peer_cidrs: tuple[object, ...] | None
+    sequence: list[PeerRecord | str],
+    peer_cidrs: tuple[object, ...] | None,
+    hubs: tuple[HubRecord, ...],
 ) -> None:
     cidrs = tuple(net(str(n)) for n in peer_cidrs) if peer_cidrs else None
     kept = HubDesired(HUB, persistent_keepalive=25, peer_cidrs=cidrs)
-    kept.reset([], protected=PROTECTED, learned_endpoints=LEARNED)
+    kept.reset([], protected=PROTECTED, learned_endpoints=LEARNED, hubs=hubs)
     current: dict[str, PeerRecord] = {}
     for item in sequence:
         if isinstance(item, str):
@@ -96,6 +106,7 @@ def test_the_kept_state_equals_a_full_recomputation_after_every_event(
             protected=PROTECTED,
             learned_endpoints=LEARNED,
             peer_cidrs=cidrs,
+            hubs=hubs,
         )
         assert outcome(kept.state(), kept.rejections()) == outcome(*full)
         del changed
