@@ -97,7 +97,7 @@ def test_the_probes_hit_the_operators_own_endpoints() -> None:
     for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
         get = container[probe]["httpGet"]
         assert (get["host"], str(get["port"]), get["path"]) == (host, port, path)
-    source = (ROOT / "wgkube" / "operator" / "probes.py").read_text()
+    source = (ROOT / "wgkube" / "observe" / "probes.py").read_text()
     assert '"/healthz"' in source
     assert '"/readyz"' in source
 
