@@ -342,12 +342,13 @@ class HubSet:
             return f"hub {new} is the preferred hub"
         if is_down(self.health.get(old, HubHealth()), self.policy):
             return f"hub {old} is down ({self._why_down(old)}); hub {new} forwards"
-        if may_lead(self.health.get(new, HubHealth()), now, self.policy):
+        health = self.health.get(new, HubHealth())
+        if may_lead(health, now, self.policy) and health.was_down:
             return (
                 f"hub {new} is preferred and has forwarded without a miss for "
                 f"{self.policy.hold_down:.0f}s (hold-down)"
             )
-        return f"hub {new} is preferred"
+        return f"hub {new} is preferred and forwards"
 
     async def switch(self, new: str) -> None:
         """The failover: point our routes at `new`'s device, one replace per route."""
