@@ -21,11 +21,11 @@ def device(spoke: SpokeHarness, ifname: str) -> MemoryDevice:
     return MemoryDevice(spoke.device.path, ifname)
 
 
-def stale_handshake(spoke: SpokeHarness, ifname: str, key: str) -> None:
-    """The hub on `ifname` stopped answering long ago: its handshake is 1000 s old."""
+def handshake(spoke: SpokeHarness, ifname: str, key: str, age: float) -> None:
+    """The hub on `ifname` last completed a handshake `age` seconds ago."""
 
     def change(dev: dict[str, Any]) -> None:
-        dev["peers"][key]["last_handshake"] = time.time() - 1000
+        dev["peers"][key]["last_handshake"] = time.time() - age
 
     device(spoke, ifname).edit(change)
 
@@ -72,7 +72,12 @@ def test_the_active_hub_going_silent_moves_the_route_once_with_an_event_and_keep
     proc.wait_log("traffic goes through hub hub-a")
     writes = spoke.device.writes
 
-    stale_handshake(spoke, "wg0", a)
+    # The memory kernel carries no probes: the handshake backstop judges. A fresh handshake
+    # (seen at the agent's next look, every second) first, then one 1000 s old.
+    handshake(spoke, "wg0", a, 0)
+    handshake(spoke, "wg0-1", b, 0)
+    time.sleep(1.5)
+    handshake(spoke, "wg0", a, 1000)
     wait_for(lambda: second.routes() == {RANGE}, timeout=15, message="the route moves to wg0-1")
     assert spoke.device.routes() == set()
     proc.wait_log("traffic moved from hub hub-a to hub hub-b: hub hub-a is down")

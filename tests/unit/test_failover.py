@@ -188,7 +188,7 @@ def test_a_fault_shorter_than_the_misses_moves_nothing() -> None:
 
 @pytest.mark.parametrize(
     ("last_handshake", "fresh"),
-    [(0.0, True), (1000.0 - 275.0, True), (1000.0 - 276.0, False), (999.0, True)],
+    [(0.0, None), (1000.0 - 275.0, True), (1000.0 - 276.0, False), (999.0, True)],
 )
-def test_the_handshake_backstop(last_handshake: float, fresh: bool) -> None:
+def test_the_handshake_backstop(last_handshake: float, fresh: bool | None) -> None:
     assert handshake_fresh(last_handshake, 1000.0, POLICY) is fresh

@@ -66,9 +66,12 @@ class HubHealth:
     """The hub has been down since this agent started: it needs the hold-down to lead."""
 
 
-def handshake_fresh(last_handshake: float, wall_now: float, policy: FailoverPolicy) -> bool:
-    """The backstop: False once a handshake is older than the limit (never: no verdict)."""
-    return last_handshake == 0 or wall_now - last_handshake <= policy.handshake_limit
+def handshake_fresh(last_handshake: float, wall_now: float, policy: FailoverPolicy) -> bool | None:
+    """The backstop: False once a handshake is older than the limit; None (no verdict)
+    while there has been none."""
+    if last_handshake == 0:
+        return None
+    return wall_now - last_handshake <= policy.handshake_limit
 
 
 def after_probe(health: HubHealth, answered: bool, now: float, policy: FailoverPolicy) -> HubHealth:

@@ -89,7 +89,8 @@ class HubSet:
     health: dict[str, HubHealth] = field(default_factory=dict)
     prober: Prober = field(default_factory=Prober)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    _fresh: dict[str, bool] = field(default_factory=dict)
+    _fresh: dict[str, bool | None] = field(default_factory=dict)
+    """The backstop's verdict per hub: None while its device has had no handshake."""
     _sent: dict[str, int] = field(default_factory=dict)
     _said: set[str] = field(default_factory=set)
     _slots_known: bool = False
@@ -271,13 +272,15 @@ class HubSet:
             ifname = self.ifname(hub.node)
             if ifname is None:
                 continue
-            fresh = self._fresh.get(hub.node, True)
+            fresh = self._fresh.get(hub.node)
             if ifname in self._pending:
                 continue  # its device is still being made: no verdict yet
             if self.prober.probing(ifname):
                 if self._sent.get(hub.node) != seq - 1:
                     continue  # not probed last tick: no verdict yet
-                answered = self.prober.answered(ifname, seq - 1) and fresh
+                answered = self.prober.answered(ifname, seq - 1) and fresh is not False
+            elif fresh is None:
+                continue  # cannot probe, and no handshake yet: no verdict at all
             else:
                 answered = fresh  # cannot probe: only the backstop judges
             before = self.health.get(hub.node, HubHealth())
@@ -326,7 +329,7 @@ class HubSet:
             log.warning("%s", text)
 
     def _why_down(self, node: str) -> str:
-        if not self._fresh.get(node, True):
+        if self._fresh.get(node) is False:
             return f"its last handshake is older than {self.policy.handshake_limit:.0f}s"
         health = self.health.get(node, HubHealth())
         return (
@@ -339,12 +342,13 @@ class HubSet:
             return f"hub {new} is the preferred hub"
         if is_down(self.health.get(old, HubHealth()), self.policy):
             return f"hub {old} is down ({self._why_down(old)}); hub {new} forwards"
-        if may_lead(self.health.get(new, HubHealth()), now, self.policy):
+        health = self.health.get(new, HubHealth())
+        if may_lead(health, now, self.policy) and health.was_down:
             return (
                 f"hub {new} is preferred and has forwarded without a miss for "
                 f"{self.policy.hold_down:.0f}s (hold-down)"
             )
-        return f"hub {new} is preferred"
+        return f"hub {new} is preferred and forwards"
 
     async def switch(self, new: str) -> None:
         """The failover: point our routes at `new`'s device, one replace per route."""
