@@ -424,7 +424,7 @@ class Hub:
         gives the endpoint, and its label and annotations are put back when removed."""
 
         async def seen(node: NodeBody) -> None:
-            self.node = node
+            self.saw_own_node(node)  # a moved InternalIP republishes the announcement
             if not self.announced(node):
                 try:
                     await self.announce(node)
