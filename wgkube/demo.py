@@ -49,8 +49,9 @@ from wgkube.testing.lab import (
 from wgkube.testing.netns import NetNS, PingStream, can_make_namespaces
 
 PING_INTERVAL = 0.01
-STATUS_WAIT = 10.0
-"""Seconds the status table may wait for the API to show every spoke up."""
+STATUS_WAIT = 20.0
+"""Seconds the status table may wait for the API to show every spoke up (the spokes
+write their condition every health interval, 10 s by default)."""
 ORIGINAL_COST = (
     "the original Go controller restarts the interface on every peer change (wg-quick "
     "down/up); measured by make bench with kernel WireGuard, that cuts a spoke the hub "
@@ -80,7 +81,13 @@ class Demo(Lab):
             deadline = time.monotonic() + STATUS_WAIT * SLOW
             while True:
                 rows = await collect(api, Keys())
-                up = [r for r in rows if r.get("role") == "peer" and r.get("state") == "up"]
+                up = [
+                    r
+                    for r in rows
+                    if r.get("role") == "peer"
+                    and r.get("state") == "up"
+                    and str(r.get("tunnel", "")).startswith("True")
+                ]
                 if len(up) >= spokes or time.monotonic() > deadline:
                     break
                 await asyncio.sleep(0.2)

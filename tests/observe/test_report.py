@@ -164,3 +164,28 @@ def test_status_joins_the_hubs_view_the_spokes_conditions_and_rejection_events()
         "DETAIL",
     ]
     assert len(table.splitlines()) == 5
+
+
+def test_a_peer_the_hub_has_not_counted_yet_is_unknown_not_up() -> None:
+    # The hub's view was written before the peer joined: 0 counted up, none listed.
+    health = health_annotation({}, {}, NOW)
+    nodes = [
+        node("hub-1", "hub", annotations={"wireguard.kube/peer-health": health}),
+        node("new", "peer"),
+    ]
+    rows = {r["node"]: r for r in overlay(nodes, [], KEYS)}
+    assert rows["new"]["state"] == "unknown"
+    # Once its own condition says the tunnel is up, the spoke's word counts.
+    spoke = tunnel_condition(
+        "hub-1",
+        UP,
+        endpoint="198.18.0.1:51820",
+        last_handshake=NOW - 3,
+        rx_bytes=1,
+        tx_bytes=1,
+        now=NOW,
+        since=NOW,
+    )
+    nodes[1] = node("new", "peer", conditions=[spoke])
+    rows = {r["node"]: r for r in overlay(nodes, [], KEYS)}
+    assert rows["new"]["state"] == "up"

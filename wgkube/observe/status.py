@@ -82,6 +82,16 @@ def overlay(
                     health = {}
     listed: Mapping[str, list[Any]] = health.get("peers") or {}
     rejected = set(health.get("rejected") or ())
+    counted_up = int((health.get("counts") or {}).get("up", 0))
+    unlisted = [
+        n
+        for n in nodes
+        if is_peer(n, keys) and not is_hub(n, keys)
+        if node_name(n) not in listed and node_name(n) not in rejected
+    ]
+    # The hub lists only the peers that are not up; an unlisted peer is up by the hub's
+    # word only when the hub counted that many up (else it has not seen it yet).
+    hub_says_up = bool(health) and counted_up >= len(unlisted)
     rejections = _latest_rejections(events)
     for node in sorted(nodes, key=lambda n: (not is_hub(n, keys), node_name(n))):
         name = node_name(node)
@@ -112,8 +122,12 @@ def overlay(
                 row["state"] = str(listed[name][0])
                 if listed[name][1]:
                     row["last_handshake"] = timestamp(float(listed[name][1]))
-            elif health:
+            elif hub_says_up:
                 row["state"] = "up"
+            elif cond and cond.get("status") == "True":
+                row["state"] = "up"  # the spoke's own word: handshakes with the hub are fresh
+            else:
+                row["state"] = "unknown"
             if cond:
                 row["tunnel"] = f"{cond.get('status')} ({cond.get('reason')})"
                 match = _MESSAGE.search(str(cond.get("message", "")))
