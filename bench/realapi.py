@@ -49,6 +49,7 @@ from bench.common import (
     run,
     summary,
 )
+from bench.host import wait_ready
 from wgkube.testing.controlplane import ControlPlane, missing_binaries
 
 STATE_ENV = "WGKUBE_MEMORY_STATE"
@@ -151,19 +152,6 @@ def wait_state(path: Path, ifname: str, peers: int, timeout: float, hub: HubProc
         if now > deadline:
             raise TimeoutError(f"{len(dev.get('peers', {}))} peers after {timeout:.0f}s")
         time.sleep(0.2)
-
-
-def wait_ready(hub: HubProcess, timeout: float) -> float:
-    deadline = time.perf_counter() + timeout
-    while True:
-        now = time.perf_counter()
-        body = hub.readyz()
-        if body and body.get("ready"):
-            return now
-        hub.check_alive()
-        if now > deadline:
-            raise TimeoutError(f"not ready after {timeout:.0f}s")
-        time.sleep(0.02)
 
 
 def scenario(n: int, work: Path, changes: int) -> dict[str, Any]:

@@ -249,18 +249,7 @@ class Lab:
             f"{node.underlay}:{ROUTER_PROBE_PORT}",
             *args,
         ]
-        log = (self.workdir / "logs" / f"{node.name}.log").open("ab")
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", node.ns, sys.executable, "-m", "wgkube", *argv],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-        self._children.append(proc)
-        node.pid = proc.pid
-        self.state.save()
+        self._spawn(node, argv, env)
 
     def start_api(self, *, in_process: bool = False) -> None:
         """The emulator on the bridge address: a process of its own (it outlives us with
@@ -390,6 +379,10 @@ class Lab:
                 WG_BACKEND=self.backend,
             )
             env.update({k: v.format(ip=node.underlay) for k, v in self.spoke_env.items()})
+        self._spawn(node, argv, env)
+
+    def _spawn(self, node: Node, argv: list[str], env: dict[str, str]) -> None:
+        """`wg-kube <argv>` in the node's namespace, logging to logs/<node>.log."""
         log = (self.workdir / "logs" / f"{node.name}.log").open("ab")
         proc = subprocess.Popen(
             ["ip", "netns", "exec", node.ns, sys.executable, "-m", "wgkube", *argv],
