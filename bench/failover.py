@@ -6,8 +6,10 @@ every 10 ms across the overlay. For each fault on the active hub (its underlay l
 down, its WireGuard UDP dropped by nftables, its IP forwarding off) the outage is the
 number of lost echo requests x 10 ms, in each direction; route changes are counted from
 the spokes' logs. Each fault is cleared, the spokes move back after the hold-down, and
-the next fault starts. Last, the active hub's operator is killed (SIGKILL): the device
-keeps forwarding, so nothing may be lost and nothing may move.
+the next fault starts. The one-way fault (hub-a's WireGuard UDP to spoke-1 dropped, all
+else intact) moves spoke-1 only, and hub-a relays to spoke-1 through hub-b (the hub-side
+route changes are counted from hub-a's log). Last, the active hub's operator is killed
+(SIGKILL): the device keeps forwarding, so nothing may be lost and nothing may move.
 
     .venv/bin/python -m bench.failover [--repeats 3] [--json out.json]
 
@@ -33,7 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wgkube.testing.lab import Lab, Node, sh
+from wgkube.operator.relay import DIRECT, RELAYING
+from wgkube.testing.lab import UNDERLAY, Lab, Node, sh
 from wgkube.testing.netns import NetNS, PingStream
 
 LOCK = Path("/tmp/wgkube-lab.lock")
@@ -53,6 +56,10 @@ class Fault:
     name: str
     inject: Callable[[Node], object]
     clear: Callable[[Node], object]
+    moves: tuple[bool, bool] = (True, True)
+    """Which spokes fail over (the others keep sending through the faulty hub)."""
+    relays: bool = False
+    """Whether the faulty hub relays to a spoke through the other hub."""
 
 
 def _nft(node: Node, script: str) -> None:
@@ -85,6 +92,30 @@ FAULTS = (
     Fault("IP forwarding off", lambda n: _sysctl(n, 0), lambda n: _sysctl(n, 1)),
 )
 
+SPOKE_1_UNDERLAY = f"{UNDERLAY}.11"
+"""spoke-1's underlay address (`populate`: index 11): its WireGuard endpoint."""
+
+DROP_TO_SPOKE_1 = (
+    "add table inet wgkoneway; "
+    "add chain inet wgkoneway out { type filter hook output priority -10; }; "
+    f"add rule inet wgkoneway out ip daddr {SPOKE_1_UNDERLAY} udp sport 51820 drop"
+)
+
+ONE_WAY = Fault(
+    "one-way loss, hub to spoke-1",
+    lambda n: _nft(n, DROP_TO_SPOKE_1),
+    lambda n: _nft(n, "delete table inet wgkoneway"),
+    moves=(True, False),
+    relays=True,
+)
+"""The active hub can no longer deliver to spoke-1 (its WireGuard UDP to spoke-1's
+endpoint is dropped) while all else works: spoke-1 fails over, spoke-2 does not, and
+the hub relays spoke-2's traffic for spoke-1 through the other hub."""
+
+ALL_FAULTS = (*FAULTS, ONE_WAY)
+"""What `make bench` measures. The system test runs FAULTS (each moves both spokes) and
+ONE_WAY apart."""
+
 
 @dataclass
 class HaLab:
@@ -100,6 +131,17 @@ class HaLab:
 
     def moves(self, spoke: Node) -> int:
         return self.log(spoke).count(MOVED)
+
+    def hub_route_device(self, hub: Node, spoke: Node) -> str:
+        """The device `hub`'s route to `spoke`'s overlay address points at."""
+        out = NetNS(hub.ns).ip("-j", "route", "show", f"{spoke.wg_address}/32", "proto", "87")
+        routes = json.loads(out.stdout or "[]")
+        return str(routes[0]["dev"]) if len(routes) == 1 else ""
+
+    def relay_changes(self, hub: Node) -> int:
+        """Relays started or ended by `hub` (its log)."""
+        text = self.log(hub)
+        return text.count(RELAYING) + text.count(DIRECT)
 
     def route_device(self, spoke: Node) -> str:
         """The device the spoke's route to the hubs' range points at (`ip route`)."""
@@ -175,7 +217,8 @@ async def until(what: str, probe: Callable[[], Awaitable[bool]], within: float) 
 
 def make_lab(workdir: Path, *, hold_down: float = HOLD_DOWN) -> Lab:
     env = {"WG_HUB_HOLD_DOWN": str(hold_down)}
-    return Lab(workdir, backend="userspace", hub_args=("--allowed-ips", RANGE), spoke_env=env)
+    hub_args = ("--allowed-ips", RANGE, "--relay-hold-down", str(hold_down))
+    return Lab(workdir, backend="userspace", hub_args=hub_args, spoke_env=env)
 
 
 async def start(workdir: Path, *, hold_down: float = HOLD_DOWN) -> HaLab:
@@ -239,19 +282,29 @@ async def one_fault(ha: HaLab, fault: Fault, *, hold_down: float) -> dict[str, A
     hub = ha.hubs[0]
     await ha.wait_on(hub, within=hold_down + 30)
     before = [ha.moves(s) for s in ha.spokes]
+    relays_before = ha.relay_changes(hub)
     pings = await streams(ha)
     await asyncio.sleep(1.0)
     fault.inject(hub)
     try:
         await asyncio.sleep(FAULT_S)
         moved = [await ha.on_hub(s) for s in ha.spokes]
+        hub_routes = [ha.hub_route_device(hub, s) for s in ha.spokes]
     finally:
         fault.clear(hub)
     lost = await finish(pings)
     during = [ha.moves(s) - n for s, n in zip(ha.spokes, before, strict=True)]
-    # Failback: after the hold-down, both spokes return to hub-a, losing nothing.
+    relays_during = ha.relay_changes(hub) - relays_before
+    # Failback: after the hold-down, both spokes return to hub-a (and hub-a delivers to
+    # spoke-1 directly again), losing nothing.
     pings = await streams(ha)
-    await ha.wait_on(hub, within=hold_down + 30)
+    await ha.wait_on(hub, within=2 * hold_down + 30)
+    if fault.relays:
+        await until(
+            f"{hub.name} delivers directly again",
+            lambda: _true(ha.relay_changes(hub) - relays_before >= 2),
+            2 * hold_down + 30,
+        )
     await asyncio.sleep(0.5)
     failback_lost = await finish(pings)
     total = [ha.moves(s) - n for s, n in zip(ha.spokes, before, strict=True)]
@@ -261,10 +314,17 @@ async def one_fault(ha: HaLab, fault: Fault, *, hold_down: float) -> dict[str, A
         "outage_s": [n * PING_INTERVAL for n in lost],
         "worst_s": max(lost) * PING_INTERVAL,
         "hubs_during_fault": moved,
+        "hub_route_devices_during_fault": hub_routes,
         "route_changes_per_spoke": during,
         "route_changes_with_failback": total,
         "failback_lost": failback_lost,
+        "hub_relay_changes": relays_during,
+        "hub_relay_changes_with_failback": ha.relay_changes(hub) - relays_before,
     }
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 async def kill_operator(ha: HaLab) -> dict[str, Any]:
@@ -296,7 +356,7 @@ async def measure(
         runs = [
             await one_fault(ha, fault, hold_down=hold_down)
             for _ in range(repeats)
-            for fault in FAULTS
+            for fault in ALL_FAULTS
         ]
         killed = await kill_operator(ha)
         return {"repeats": repeats, "hold_down_s": hold_down, "faults": runs, "killed": killed}
@@ -323,13 +383,15 @@ def verdicts(result: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
     for name, records in by_fault.items():
         outages = [o for r in records for o in r["outage_s"]]
         median, worst = statistics.median(outages), max(outages)
-        changes = max(c for r in records for c in r["route_changes_per_spoke"])
+        changes = max(
+            c for r in records for c in [*r["route_changes_per_spoke"], r["hub_relay_changes"]]
+        )
         back = sum(n for r in records for n in r["failback_lost"])
         out.append(
             (
                 f"failover, {name}",
                 f"outage median <= {TARGET_MEDIAN_S:g}s, worst <= {TARGET_WORST_S:g}s, "
-                "<= 1 route change per spoke",
+                "<= 1 route change per spoke (and per hub)",
                 f"median {median:.2f}s, worst {worst:.2f}s over {len(outages)} directions; "
                 f"at most {changes} route change(s) per spoke; failback lost {back}",
                 median <= TARGET_MEDIAN_S and worst <= TARGET_WORST_S and changes <= 1,
@@ -362,7 +424,8 @@ def lines(result: dict[str, Any]) -> list[str]:
         outages = ", ".join(f"{o * 1000:.0f}" for o in record["outage_s"])
         out.append(
             f"   {record['fault']:<34} outage {outages} ms (each direction); route changes "
-            f"{record['route_changes_per_spoke']}; failback lost {record['failback_lost']}"
+            f"{record['route_changes_per_spoke']}; hub relays {record['hub_relay_changes']}; "
+            f"failback lost {record['failback_lost']}"
         )
     for name, goal, measured, met in verdicts(result):
         out.append(f"   [{'MET' if met else 'NOT MET'}] {name}: target {goal}; measured {measured}")

@@ -57,3 +57,29 @@ async def test_each_fault_on_the_active_hub_moves_both_spokes_once_and_back_afte
     finally:
         await ha.lab.close_kernels()
         ha.lab.clean()
+
+
+@pytest.mark.userspace
+@pytest.mark.slow
+async def test_a_one_way_loss_from_the_active_hub_to_one_spoke_is_relayed_through_the_other_hub(
+    tmp_path: Path,
+) -> None:
+    skip_unless_lab()
+    ha = await failover.start(tmp_path / "lab", hold_down=HOLD_DOWN)
+    try:
+        record = await failover.one_fault(ha, failover.ONE_WAY, hold_down=HOLD_DOWN)
+        # spoke-1 cannot hear hub-a and moves; spoke-2 still sends through hub-a, which
+        # delivers to spoke-1 through its relay interface towards hub-b.
+        assert record["hubs_during_fault"] == ["hub-b", "hub-a"], record
+        assert record["hub_route_devices_during_fault"] == ["wg-hub-a-r1", "wg-hub-a"], record
+        assert record["route_changes_per_spoke"] == [1, 0], record
+        assert record["hub_relay_changes"] == 1, record
+        # Cleared: hub-a delivers directly again, spoke-1 comes back, each once, no loss.
+        assert record["route_changes_with_failback"] == [2, 0], record
+        assert record["hub_relay_changes_with_failback"] == 2, record
+        assert record["failback_lost"] == [0, 0], record
+        assert min(record["lost"]) > 0, f"the fault did not cut the traffic: {record}"
+        assert record["worst_s"] <= failover.TARGET_WORST_S, record
+    finally:
+        await ha.lab.close_kernels()
+        ha.lab.clean()

@@ -10,9 +10,9 @@ from wgkube.desired.failover import FailoverPolicy
 from wgkube.desired.model import DeviceSpec
 from wgkube.domain.annotations import HubRecord
 from wgkube.kernel.memory import MemoryKernel
+from wgkube.kernel.probe import Prober
 from wgkube.reconcile import Reconciler
 from wgkube.spoke_agent.hubs import HubSet
-from wgkube.spoke_agent.prober import Prober
 
 RANGE = nets("100.96.0.0/24")
 POLICY = FailoverPolicy(interval=0.2, misses=3, hold_down=2.0)

@@ -76,9 +76,26 @@ def test_priority_creation_time_and_addresses_travel_with_each_hub_and_are_omitt
         assert field not in encode([HUB])[DATA_KEY]
 
 
+def test_relay_ports_travel_with_each_hub_sorted_and_an_entry_without_them_still_decodes() -> None:
+    relaying = HUB.model_copy(update={"relay_ports": (("hub-2", 51821), ("hub-0", 51822))})
+    (back,) = decode(encode([relaying]))
+    assert back.relay_ports == (("hub-0", 51822), ("hub-2", 51821))
+    assert back.relay_port_for("hub-2") == 51821
+    assert back.relay_port_for("hub-9") is None
+    assert "relayPorts" not in encode([HUB])[DATA_KEY]
+    (old,) = decode(doc(entry()))  # written by a hub from before relays
+    assert old.relay_ports == ()
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
+        ({"relayPorts": [51821]}, "'relayPorts' is not an object"),
+        ({"relayPorts": {"hub-2": "51821"}}, "'hub-2': '51821' is not a UDP port"),
+        ({"relayPorts": {"hub-2": 0}}, "is not a UDP port"),
+        ({"relayPorts": {"hub-2": 70000}}, "is not a UDP port"),
+        ({"relayPorts": {"hub-2": True}}, "is not a UDP port"),
+        ({"relayPorts": {"": 51821}}, "empty Node name"),
         ({"priority": "high"}, "'priority' is not an integer"),
         ({"priority": True}, "'priority' is not an integer"),
         ({"created": 5}, "'created' is not a string"),

@@ -121,6 +121,13 @@ class HubRecord(BaseModel):
     router_prefixes: tuple[IPNetwork, ...] | None = None
     """What ordinary nodes route through the hub, when the hub says (an aggregate of the
     spokes' addresses and pod CIDRs); None: its allowed-ips."""
+    relay_ports: tuple[tuple[str, int], ...] = ()
+    """Several hubs: (other hub's Node, UDP port) pairs, sorted by Node: the port of the
+    relay interface this hub keeps for that hub (wgkube.desired.relay)."""
+
+    def relay_port_for(self, node: str) -> int | None:
+        """The port this hub listens on for `node`'s relay, None when it keeps none."""
+        return next((port for name, port in self.relay_ports if name == node), None)
 
 
 def node_name(node: NodeBody) -> str:

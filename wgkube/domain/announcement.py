@@ -10,7 +10,7 @@ hubs, so several hubs fit later without a new format:
                   "endpoint": "203.0.113.1:51820", "allowedIPs": ["100.96.0.0/24"],
                   "internalIP": "10.240.0.4", "routerPrefixes": ["100.96.0.0/24"],
                   "priority": 10, "created": "2026-01-01T00:00:00+00:00",
-                  "addresses": ["100.96.0.1/32"]}]}
+                  "addresses": ["100.96.0.1/32"], "relayPorts": {"hub-2": 51821}}]}
 
 `internalIP` and `routerPrefixes` are optional (`wg-kube router` reads them: ordinary
 nodes route `routerPrefixes`, else `allowedIPs`, via `internalIP`); they are written only
@@ -20,6 +20,8 @@ when set, so a hub without them writes the same bytes as before.
 creationTimestamp, omitted when unknown) order several hubs: every spoke computes the
 same preference from them (wgkube.desired.failover.preference). `addresses` (the hub's
 own overlay addresses, omitted when unknown) is where the other hubs peer with it.
+`relayPorts` (omitted when empty) maps each other hub's Node to the UDP port of the relay
+interface this hub keeps for it (wgkube.desired.relay): that hub's relay peer dials it.
 
 Unknown fields are ignored (a newer hub may add some); an unknown version is refused,
 since its meaning is unknown.
@@ -79,6 +81,8 @@ def _entry(hub: HubRecord) -> dict[str, Any]:
         entry["created"] = hub.created.isoformat()
     if hub.addresses:
         entry["addresses"] = [str(net) for net in normalize_networks(hub.addresses)]
+    if hub.relay_ports:
+        entry["relayPorts"] = dict(hub.relay_ports)
     return entry
 
 
@@ -138,6 +142,7 @@ def _hub(index: int, entry: Any) -> HubRecord:
         addresses = entry.get("addresses", [])
         if not isinstance(addresses, list) or not all(isinstance(a, str) for a in addresses):
             raise AnnouncementError(f"{where}: 'addresses' is not a list of strings")
+        relay_ports = _relay_ports(where, entry.get("relayPorts", {}))
         return HubRecord(
             node=node,
             public_key=PublicKey.parse(key),
@@ -148,6 +153,7 @@ def _hub(index: int, entry: Any) -> HubRecord:
             addresses=parse_networks(",".join(addresses)) if addresses else (),
             internal_ip=_internal_ip(where, entry.get("internalIP")),
             router_prefixes=_router_prefixes(where, entry.get("routerPrefixes")),
+            relay_ports=relay_ports,
         )
     except AnnouncementError:
         raise
@@ -182,6 +188,19 @@ def _router_prefixes(where: str, value: Any) -> tuple[IPNetwork, ...] | None:
     if not isinstance(value, list) or not all(isinstance(cidr, str) for cidr in value):
         raise AnnouncementError(f"{where}: 'routerPrefixes' is not a list of CIDRs")
     return parse_networks(",".join(value)) if value else ()
+
+
+def _relay_ports(where: str, value: Any) -> tuple[tuple[str, int], ...]:
+    if not isinstance(value, dict):
+        raise AnnouncementError(f"{where}: 'relayPorts' is not an object")
+    out: list[tuple[str, int]] = []
+    for name, port in value.items():
+        if not isinstance(name, str) or not name:
+            raise AnnouncementError(f"{where}: 'relayPorts' holds an empty Node name")
+        if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+            raise AnnouncementError(f"{where}: 'relayPorts' {name!r}: {port!r} is not a UDP port")
+        out.append((name, port))
+    return tuple(sorted(out))
 
 
 def with_hub(hubs: Iterable[HubRecord], hub: HubRecord) -> tuple[HubRecord, ...]:

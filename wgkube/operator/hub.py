@@ -16,6 +16,7 @@ from kubernetes_asyncio import client
 
 from wgkube.desired.model import DesiredState, DeviceSpec, Rejection
 from wgkube.desired.protected import api_server_protected, host_protected
+from wgkube.desired.relay import RelayPolicy, relay_ports
 from wgkube.domain import announcement
 from wgkube.domain.annotations import (
     HubRecord,
@@ -37,6 +38,7 @@ from wgkube.observe.book import HealthBook
 from wgkube.observe.metrics import Metrics, thresholds
 from wgkube.operator.loop import Guard, HubLoop
 from wgkube.operator.registry import PeerRegistry
+from wgkube.operator.relay import HubRelay
 from wgkube.operator.settings import HubSettings
 from wgkube.reconcile import Reconciler
 
@@ -247,6 +249,20 @@ class Hub:
             guard=functools.partial(read_guard, settings, kernel, str(configuration.host)),
             peer_cidrs=settings.peer_cidrs,
         )
+        loop.relay = HubRelay(
+            kernel,
+            reconciler,
+            device,
+            settings.node_name,
+            RelayPolicy(
+                interval=settings.relay_echo_interval,
+                misses=settings.relay_echo_misses,
+                hold_down=settings.relay_hold_down,
+            ),
+            persistent_keepalive=settings.persistent_keepalive or 25,
+            names=lambda: {r.public_key: r.node for r in peers.records()},
+            loosen=loosen_rp_filter,
+        )
         return cls(settings, key, kernel, configuration, api, peers, loop, metrics, problems)
 
     def announcement(self, node: NodeBody) -> dict[str, Any]:
@@ -314,6 +330,10 @@ class Hub:
             priority=self.settings.hub_priority,
             created=creation_time(self.node or {}),
             addresses=tuple(ipaddress.ip_network(a.ip) for a in self.settings.address),
+            # Several hubs: the relay interface this hub keeps for each other hub.
+            relay_ports=relay_ports(
+                self.settings.node_name, self.loop.hubs, self.settings.listen_port
+            ),
         )
 
     def saw_own_node(self, node: NodeBody) -> None:
@@ -457,10 +477,13 @@ class Hub:
         except AnnouncementError:
             return  # logged when it is replaced (wanted_data)
         others = tuple(h for h in hubs if h.node != self.settings.node_name)
+        if self.loop.relay is not None:
+            self.loop.relay.set_hubs(others)
         if others != self.loop.hubs:
             self.loop.hubs = others
             log.info("hub peers: %s", ", ".join(h.node for h in others) or "none")
             self.loop.wake()
+            self._publish.set()  # the relay ports announced follow the other hubs
 
     async def _publisher(self, resync_interval: float) -> None:
         backoff = 0.5

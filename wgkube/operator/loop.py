@@ -18,6 +18,7 @@ from wgkube.domain.errors import WgKubeError
 from wgkube.domain.keys import PublicKey
 from wgkube.domain.net import Endpoint, IPNetwork
 from wgkube.operator.registry import PeerRegistry
+from wgkube.operator.relay import HubRelay
 from wgkube.reconcile import Reconciler
 
 log = logging.getLogger("wgkube.hub")
@@ -105,6 +106,9 @@ class HubLoop:
     peer_cidrs: tuple[IPNetwork, ...] | None = None
     hubs: tuple[HubRecord, ...] = ()
     """The announced hubs (set by the Hub from the announcement): peers on their addresses."""
+    relay: HubRelay | None = None
+    """With several hubs: the relays, which split the routes between the main device and
+    the relay interfaces (None: the main device alone, as with one hub)."""
     guarded: Guard = field(default_factory=lambda: ((), {}))
     listed: asyncio.Event = field(default_factory=asyncio.Event)
     stats: LoopStats = field(default_factory=LoopStats)
@@ -234,7 +238,10 @@ class HubLoop:
             Rejection(e.ref.name, INVALID, e.error or "") for e in self.registry.invalid()
         ]
         try:
-            ops = await self.reconciler.reconcile(desired, None if full else changed)
+            if self.relay is not None:
+                ops = await self.relay.reconcile(desired, None if full else changed)
+            else:
+                ops = await self.reconciler.reconcile(desired, None if full else changed)
         finally:
             # Also after a failed reconcile: the peers it refused before failing are known.
             rejections += self._refused()

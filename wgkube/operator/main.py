@@ -74,6 +74,10 @@ async def serve(settings: HubSettings) -> None:
         tasks = [
             asyncio.create_task(hub.loop.run(), name="reconcile loop"),
             asyncio.create_task(hub.keep_published(), name="announcement"),
+        ]
+        if hub.loop.relay is not None:  # idle (no socket, no echo) while there is one hub
+            tasks.append(asyncio.create_task(hub.loop.relay.run(), name="relays"))
+        tasks += [
             asyncio.create_task(
                 # No stop_flag: Kopf takes SIGTERM/SIGINT itself and returns; a flag that
                 # nobody sets would hold its exit for 5 s as a "hung task".

@@ -120,6 +120,21 @@ class HubSettings(NodeSettings):
     """With several hubs: spokes send through the highest priority that forwards, then
     the oldest hub Node, then the name (published in the announcement)."""
 
+    relay_echo_interval: float = Field(
+        0.2, gt=0, le=10, json_schema_extra=_env("WG_RELAY_ECHO_INTERVAL")
+    )
+    """With several hubs: seconds between echoes to each spoke (and probes through each
+    other hub's relay interface); one not back within an interval is a miss. Costs one
+    small packet each way per spoke per interval."""
+
+    relay_echo_misses: int = Field(3, ge=1, le=100, json_schema_extra=_env("WG_RELAY_ECHO_MISSES"))
+    """With several hubs: echoes in a row a spoke leaves unanswered before this hub relays
+    to it through another hub (3 x 0.2 s)."""
+
+    relay_hold_down: float = Field(30.0, ge=0, json_schema_extra=_env("WG_RELAY_HOLD_DOWN"))
+    """With several hubs: seconds a relayed spoke must answer every direct echo before
+    this hub delivers to it directly again (no flapping)."""
+
     probe_address: str = Field("0.0.0.0:9798", json_schema_extra=_env("WG_PROBE_ADDRESS"))
     """host:port serving /healthz and /readyz; empty disables."""
 

@@ -38,8 +38,8 @@ from wgkube.domain.errors import KernelError
 from wgkube.domain.keys import PublicKey
 from wgkube.domain.net import IPAddress, IPNetwork
 from wgkube.kernel.port import Kernel
+from wgkube.kernel.probe import Prober
 from wgkube.reconcile import Reconciler
-from wgkube.spoke_agent.prober import Prober
 
 log = logging.getLogger("wgkube.spoke")
 
