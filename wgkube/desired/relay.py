@@ -21,6 +21,7 @@ joined) is never judged: nothing moves for it.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -179,8 +180,12 @@ def relay_links(
         theirs = other.relay_port_for(own)
         if theirs is None or other.endpoint is None or device.listen_port is None:
             continue  # a hub from before relays, or not yet told of us
+        wanted = [n for n in (*other.allowed_ips, *other.addresses) if not is_default_route(n)]
         shared = normalize_networks(
-            [n for n in (*other.allowed_ips, *other.addresses) if not is_default_route(n)]
+            [
+                *ipaddress.collapse_addresses(n for n in wanted if n.version == 4),
+                *ipaddress.collapse_addresses(n for n in wanted if n.version == 6),
+            ]
         )
         links.append(
             RelayLink(

@@ -166,7 +166,8 @@ class HubRelay:
             return await self.main.reconcile(desired, changed)
         async with self.lock:
             if desired.peers is not None:
-                self.spokes = spokes_of(desired, self.names(), self.hub_keys)
+                # O(spokes) per reconcile, with several hubs only.
+                self.spokes = spokes_of(desired, self.names(), self.hub_keys) if self.links else {}
                 for key in [k for k in self.relayed if k not in self.spokes]:
                     del self.relayed[key]
             ops: list[Operation] = []
