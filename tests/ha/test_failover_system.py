@@ -73,10 +73,10 @@ async def test_a_one_way_loss_from_the_active_hub_to_one_spoke_is_relayed_throug
         assert record["hubs_during_fault"] == ["hub-b", "hub-a"], record
         assert record["hub_route_devices_during_fault"] == ["wg-hub-a-r1", "wg-hub-a"], record
         assert record["route_changes_per_spoke"] == [1, 0], record
-        assert record["hub_relay_changes"] == 1, record
+        assert record["hub_relay_changes"] == [1, 0], record
         # Cleared: hub-a delivers directly again, spoke-1 comes back, each once, no loss.
         assert record["route_changes_with_failback"] == [2, 0], record
-        assert record["hub_relay_changes_with_failback"] == 2, record
+        assert record["hub_relay_changes_with_failback"] == [2, 0], record
         assert record["failback_lost"] == [0, 0], record
         assert min(record["lost"]) > 0, f"the fault did not cut the traffic: {record}"
         assert record["worst_s"] <= failover.TARGET_WORST_S, record

@@ -137,8 +137,11 @@ class _Probe:
 class Prober:
     """One socket per hub interface: `send` a numbered probe, ask `answered` later."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, answer_echoes: bool = True) -> None:
         self.nonce = int.from_bytes(os.urandom(4), "big")
+        self.answer_echoes = answer_echoes
+        """A spoke answers hubs' echoes; a hub must not (another hub's echo to a spoke
+        through it would be answered by it, not by the spoke)."""
         self._probes: dict[str, _Probe] = {}
 
     def open(self, ifname: str, address: IPv4Address) -> None:
@@ -216,7 +219,7 @@ class Prober:
                 return
             if address[2] == socket.PACKET_OUTGOING:
                 continue  # our own probe on its way out
-            reply = echo_reply(data)
+            reply = echo_reply(data) if self.answer_echoes else None
             if reply is not None:
                 # A hub asks whether it reaches us: answered into the interface it came
                 # by, so the answer goes back to that hub whichever hub is active.

@@ -93,7 +93,7 @@ class HubRelay:
     loosen: Callable[[str], None] = lambda ifname: None
     """Loose reverse-path filtering on a relay interface: what it delivers has any source."""
     clock: Callable[[], float] = time.monotonic
-    prober: Prober = field(default_factory=Prober)
+    prober: Prober = field(default_factory=lambda: Prober(answer_echoes=False))
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     """Held by route moves and by reconciles: a reconcile planned before a move must not
     undo it."""
