@@ -31,6 +31,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from wgkube.desired.relay import MAX_RELAYS, relay_interface_name
 from wgkube.desired.spoke import MAX_HUBS, hub_interface_name
 from wgkube.diff.model import ObservedState
 from wgkube.domain.keys import PrivateKey, load_private_key
@@ -609,6 +610,9 @@ def clean(state: LabState) -> None:
         for slot in range(MAX_HUBS):  # a spoke's devices for further hubs, too
             with contextlib.suppress(FileNotFoundError):
                 (SOCKET_DIR / f"{hub_interface_name(node.ifname, slot)}.sock").unlink()
+        for index in range(1, MAX_RELAYS + 1):  # a hub's relay interfaces
+            with contextlib.suppress(FileNotFoundError):
+                (SOCKET_DIR / f"{relay_interface_name(node.ifname, index)}.sock").unlink()
     if state.bridge:
         sh("ip", "link", "del", BRIDGE, check=False)
     if state.internet:
