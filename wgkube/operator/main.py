@@ -117,7 +117,12 @@ def observe(hub: Hub, stop: asyncio.Event) -> list[asyncio.Task[None]]:
     )
 
     async def report() -> None:
-        await hub.loop.listed.wait()  # names and rejections are known only then
+        # The first look after the first reconcile (or its failure): before it the
+        # interface may not exist yet and the rejections are unknown, and a first
+        # condition written too early would stand for a whole interval.
+        await hub.loop.listed.wait()
+        while not (hub.loop.stats.reconciles or hub.loop.stats.failures):
+            await asyncio.sleep(0.05)
         await reporter.run()
 
     tasks = [asyncio.create_task(report(), name="peer health")]

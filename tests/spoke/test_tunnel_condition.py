@@ -1,6 +1,7 @@
-"""With several hubs, the spoke's WireGuardTunnel condition and its hub metrics describe
-the active hub's tunnel (its own interface), not the configured interface's hub: after a
-failover they follow the traffic. A real `wg-kube spoke`, memory kernel, both APIs."""
+"""The spoke's WireGuardTunnel condition (a real `wg-kube spoke`, memory kernel, both
+APIs): a restart that changes nothing keeps its lastTransitionTime; with several hubs it
+and the hub metrics describe the active hub's tunnel (its own interface), not the
+configured interface's hub, and follow the traffic after a failover."""
 
 from __future__ import annotations
 
@@ -25,6 +26,47 @@ def tunnel(spoke: SpokeHarness) -> dict[str, Any] | None:
         if cond.get("type") == "WireGuardTunnel":
             return dict(cond)
     return None
+
+
+def test_a_restart_keeps_the_transition_time_and_a_real_change_moves_it(
+    spoke: SpokeHarness,
+) -> None:
+    a = spoke.create_hub("hub-a", allowed=RANGE)
+    env = {"WG_HEALTH_INTERVAL": "0.5"}
+    proc = spoke.start(**env)
+    spoke.wait_hub_peer(a)
+    handshake(spoke, "wg0", a, 0)
+    first = wait_for(
+        lambda: (c := tunnel(spoke)) and c["status"] == "True" and c,
+        timeout=15,
+        message="the condition True",
+    )
+    proc.stop()
+
+    def next_write(after: dict[str, Any]) -> dict[str, Any]:
+        cond: dict[str, Any] = wait_for(
+            lambda: (
+                (c := tunnel(spoke)) and c["lastHeartbeatTime"] != after["lastHeartbeatTime"] and c
+            ),
+            timeout=15,
+            message="the restarted spoke's first write",
+        )
+        return cond
+
+    time.sleep(1.2)  # the timestamps have a resolution of one second
+    handshake(spoke, "wg0", a, 0)  # still fresh: nothing changed across the restart
+    proc = spoke.start(**env)
+    again = next_write(first)
+    assert again["status"] == "True"
+    assert again["lastTransitionTime"] == first["lastTransitionTime"]
+    proc.stop()
+
+    time.sleep(1.2)
+    handshake(spoke, "wg0", a, 1000)  # stale now: the restarted spoke sees a transition
+    spoke.start(**env)
+    changed = next_write(again)
+    assert changed["status"] == "False"
+    assert changed["lastTransitionTime"] > first["lastTransitionTime"]
 
 
 def hub_state_lines(port: int) -> list[str]:
