@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from typing import Any
 
 from wgkube.desired.health import PeerState, Transition
-from wgkube.domain.annotations import Keys
+from wgkube.domain.annotations import HubRecord, Keys
+from wgkube.domain.keys import PrivateKey
+from wgkube.domain.net import parse_networks
 from wgkube.observe.report import (
     SUMMARY_OVER,
     events_for,
@@ -189,3 +192,29 @@ def test_a_peer_the_hub_has_not_counted_yet_is_unknown_not_up() -> None:
     nodes[1] = node("new", "peer", conditions=[spoke])
     rows = {r["node"]: r for r in overlay(nodes, [], KEYS)}
     assert rows["new"]["state"] == "up"
+
+
+def test_every_node_neither_hub_nor_peer_is_a_router_row_with_the_announced_prefixes() -> None:
+    hub = HubRecord(
+        node="hub-1",
+        public_key=PrivateKey.generate().public_key(),
+        endpoint=None,
+        allowed_ips=parse_networks("100.96.0.0/24,198.18.0.0/24"),
+        internal_ip=ipaddress.ip_address("198.18.0.1"),
+        router_prefixes=parse_networks("100.96.0.0/24"),
+    )
+    nodes = [node("hub-1", "hub"), node("a", "peer"), {"metadata": {"name": "plain"}}]
+    rows = {r["node"]: r for r in overlay(nodes, [], KEYS, (hub,))}
+    assert list(rows) == ["hub-1", "a", "plain"]
+    assert rows["plain"]["role"] == "router"
+    assert rows["plain"]["allowed_ips"] == "100.96.0.0/24"
+    assert rows["plain"]["detail"] == "routes via hub hub-1 (198.18.0.1)"
+    # Without routerPrefixes the router routes the hub's allowed-ips.
+    plain = hub.model_copy(update={"router_prefixes": None})
+    rows = {r["node"]: r for r in overlay(nodes, [], KEYS, (plain,))}
+    assert rows["plain"]["allowed_ips"] == "100.96.0.0/24,198.18.0.0/24"
+    # A hub that announces no InternalIP gives the routers nothing to route via.
+    hidden = hub.model_copy(update={"internal_ip": None})
+    rows = {r["node"]: r for r in overlay(nodes, [], KEYS, (hidden,))}
+    assert rows["plain"]["detail"] == "hub hub-1 announces no InternalIP: no route"
+    assert "router" in render_table(list(rows.values())).splitlines()[-1]

@@ -49,3 +49,27 @@ def test_status_works_with_the_viewer_role_alone_and_is_refused_without(
     refused = status(plane.kubeconfig_for(f"nobody-{user}", groups=()))
     assert refused.returncode == 1
     assert "403" in refused.stderr
+
+
+def test_the_viewer_role_reads_the_hub_announcement_by_name_and_no_other_config_map(
+    real_api_server: ControlPlane,
+) -> None:
+    plane = real_api_server
+    applied = plane.kubectl("apply", "-f", str(VIEWER))
+    assert applied.returncode == 0, applied.stderr
+    user = f"viewer-{uuid.uuid4().hex[:6]}"
+    bound = plane.kubectl(
+        "create",
+        "clusterrolebinding",
+        user,
+        "--clusterrole=wg-kube-status-viewer",
+        f"--user={user}",
+    )
+    assert bound.returncode == 0, bound.stderr
+
+    def can(*what: str) -> str:
+        return plane.kubectl("auth", "can-i", *what, "--as", user).stdout.strip()
+
+    assert can("get", "configmap/wg-kube-hub", "-n", "wg-kube") == "yes"
+    assert can("get", "configmap/other", "-n", "wg-kube") == "no"
+    assert can("list", "configmaps", "-n", "wg-kube") == "no"

@@ -20,6 +20,7 @@ from wgkube.testing.controlplane import ControlPlane, node_user
 POLICY = Path(__file__).resolve().parents[2] / "manifests" / "30-admission.yaml"
 LABEL_REFUSED = "wg-kube: nodes may not add, change or remove the hub label"
 ANNOTATION_REFUSED = "wg-kube: nodes may not change the wireguard.kube/ annotations"
+HUB_ONLY_REFUSED = "wg-kube: nodes may not set the hub-only annotations"
 OTHER_PREFIX = "wg.example.com/"
 
 pytestmark = pytest.mark.realapi
@@ -92,6 +93,31 @@ def test_nodes_may_not_add_change_or_remove_the_hub_label_through_nodes_or_statu
     # Administrators (and the hub's ServiceAccount) are not nodes: they may.
     admin.patch_node("n-spoke", labels("true"))
     admin.patch_node("n-spoke", labels(None))
+
+
+def test_nodes_may_not_set_the_hub_only_annotations_on_any_node(plane: ControlPlane) -> None:
+    admin = RealApiServer(plane.kubeconfig)
+    admin.create_node("n-plain")
+    admin.create_node("n-hub2", labels={"wireguard.kube/hub": "true"})
+    apply_policy(plane)
+    enforced(plane, "n-plain", "wireguard.kube/hub")
+
+    def annotate(key: str, value: str | None) -> dict[str, Any]:
+        return {"metadata": {"annotations": {f"wireguard.kube/{key}": value}}}
+
+    for key, value in (("hub-address", "100.96.0.9/32"), ("hub-priority", "1000")):
+        # Not before it is a hub (it would choose its address), nor on a hub, nor by status.
+        assert HUB_ONLY_REFUSED in as_node(plane, "n-plain", annotate(key, value))
+        assert HUB_ONLY_REFUSED in as_node(plane, "n-plain", annotate(key, value), status=True)
+        # An administrator sets it; then the node may neither change nor remove it.
+        admin.patch_node("n-plain", annotate(key, value))
+        assert HUB_ONLY_REFUSED in as_node(plane, "n-plain", annotate(key, "1"))
+        assert HUB_ONLY_REFUSED in as_node(plane, "n-plain", annotate(key, None))
+        admin.patch_node("n-hub2", annotate(key, value))
+        assert as_node(plane, "n-hub2", annotate(key, "2")) != ""
+    # A node's other annotations stay its own (with the hub-only ones in place).
+    assert as_node(plane, "n-plain", {"metadata": {"annotations": {"x": "y"}}}) == ""
+    assert as_node(plane, "n-plain", annotate("public-key", "k")) == ""
 
 
 def test_a_node_cannot_create_itself_labelled_hub(plane: ControlPlane) -> None:

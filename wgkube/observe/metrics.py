@@ -103,6 +103,8 @@ class Snapshot:
     states: Mapping[PublicKey, PeerState]
     names: Mapping[PublicKey, str]
     now: float
+    interface: str = ""
+    """The device dumped (a spoke with several hubs: the active hub's)."""
 
 
 @dataclass(eq=False)  # registries key collectors by identity
@@ -160,7 +162,7 @@ class DeviceCollector(Collector):
             labels=[*per_peer, "state"],
         )
         for key, peer in sorted(peers.items(), key=lambda kv: kv[0].b64):
-            labels = [self.interface, snap.names.get(key, ""), key.b64]
+            labels = [snap.interface or self.interface, snap.names.get(key, ""), key.b64]
             info.add_metric(
                 [
                     *labels,
@@ -212,7 +214,7 @@ class DeviceCollector(Collector):
             "wgkube_hub_transmit_bytes", "Bytes sent to the hub.", labels=labels
         )
         for key, peer in sorted(peers.items(), key=lambda kv: kv[0].b64):
-            values = [self.interface, snap.names.get(key, ""), key.b64]
+            values = [snap.interface or self.interface, snap.names.get(key, ""), key.b64]
             current = snap.states.get(key, PeerState.UNKNOWN)
             for s in STATES:
                 state.add_metric([*values, s.value], 1 if s is current else 0)
@@ -233,6 +235,9 @@ class Metrics:
     names: Names
     reasons: Reasons | None = None
     clock: Callable[[], float] = time.time
+    interface_of: Callable[[], str] | None = None
+    """The device to dump now, when it moves (a spoke with several hubs: the active
+    hub's interface); `interface` otherwise."""
     registry: CollectorRegistry = field(
         default_factory=lambda: CollectorRegistry(auto_describe=False)
     )
@@ -252,10 +257,11 @@ class Metrics:
 
     async def dump(self) -> Snapshot:
         """One read of the device and the states it gives now (also the monitor's input)."""
-        peers = await self.kernel.peers(self.interface)
+        interface = self.interface_of() if self.interface_of else self.interface
+        peers = await self.kernel.peers(interface)
         now = self.clock()
         states = self.book.update(peers or {}, now)
-        return Snapshot(peers, states, dict(self.names()), now)
+        return Snapshot(peers, states, dict(self.names()), now, interface)
 
     async def scrape(self) -> bytes:
         async with self._lock:  # the collector renders one snapshot at a time

@@ -7,6 +7,9 @@ annotation on the hub's Node for `wg-kube status`; a constant number of writes p
   the peer counts, and the annotation `<prefix>peer-health` with the peers not up.
 - The spoke keeps the condition `WireGuardTunnel` on its own Node: written when it
   changes and as a heartbeat every few minutes (the node-problem-detector convention).
+
+Before its first write each reads the condition already on its Node: when the status is
+the same, its `lastTransitionTime` stays (a restart is not a transition).
 """
 
 from __future__ import annotations
@@ -42,6 +45,38 @@ HEALTH_ANNOTATION = "peer-health"
 
 def timestamp(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_timestamp(text: object) -> float | None:
+    """A condition's RFC 3339 time as seconds since the epoch; None when not one."""
+    if not isinstance(text, str):
+        return None
+    try:
+        stamp = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)).timestamp()
+
+
+def carried_over(prior: Mapping[str, Any] | None, status: str) -> float | None:
+    """The transition time to keep from the condition found on the Node at start: its
+    own when its status is `status` (nothing changed across the restart), else None."""
+    if prior is None or prior.get("status") != status:
+        return None
+    return parse_timestamp(prior.get("lastTransitionTime"))
+
+
+async def current_condition(api: Api, node: str, kind: str) -> Mapping[str, Any] | None:
+    """The condition of type `kind` on the Node now (None: none, or unreadable)."""
+    try:
+        body = await api.get_node(node)
+    except WgKubeError as exc:
+        log.warning("cannot read the %s condition of node %s: %s", kind, node, exc)
+        return None
+    for cond in body.get("status", {}).get("conditions") or []:
+        if isinstance(cond, dict) and cond.get("type") == kind:
+            return cond
+    return None
 
 
 def condition(
@@ -225,8 +260,15 @@ class HubReporter:
         )
         if written == self._written and snap.now - self._written_at < self.heartbeat:
             return
-        if self._written is None or written[0] != self._written[0]:
+        cond = hub_condition(
+            counts, len(self.rejected()), exists=exists, now=snap.now, since=self._since
+        )
+        if self._written is None:
+            prior = await current_condition(self.api, self.node, HUB_CONDITION)
+            self._since = carried_over(prior, cond["status"]) or snap.now
+        elif written[0] != self._written[0]:
             self._since = snap.now
+        cond["lastTransitionTime"] = timestamp(self._since)
         await self.api.patch_node(
             self.node,
             {
@@ -238,9 +280,6 @@ class HubReporter:
                     }
                 }
             },
-        )
-        cond = hub_condition(
-            counts, len(self.rejected()), exists=exists, now=snap.now, since=self._since
         )
         await self.api.patch_node_status(self.node, {"status": {"conditions": [cond]}})
         self._written, self._written_at = written, snap.now
@@ -256,9 +295,14 @@ class SpokeReporter:
     hub: Callable[[], tuple[str, PublicKey] | None]
     interval: float = 10.0
     heartbeat: float = 300.0
+    grace: float = 30.0
+    """Seconds after start that the first write waits for the agent to know its hub: a
+    restart would otherwise write `NoHub` (a false transition) before the announcement is
+    read. After that, no hub is what the condition says."""
     _written: tuple[str, str] | None = None
     _written_at: float = 0.0
     _since: float = field(default_factory=time.time)
+    _started: float = field(default_factory=time.time)
 
     async def run(self) -> None:
         while True:
@@ -271,6 +315,8 @@ class SpokeReporter:
     async def look(self) -> None:
         snap = await self.metrics.dump()
         hub = self.hub()
+        if hub is None and self._written is None and snap.now - self._started < self.grace:
+            return
         peer = snap.peers.get(hub[1]) if hub and snap.peers else None
         state = snap.states.get(hub[1]) if hub and peer else None
         cond = tunnel_condition(
@@ -286,9 +332,12 @@ class SpokeReporter:
         key = (cond["status"], cond["reason"])
         if key == self._written and snap.now - self._written_at < self.heartbeat:
             return
-        if self._written is None or key[0] != self._written[0]:
+        if self._written is None:
+            prior = await current_condition(self.api, self.node, SPOKE_CONDITION)
+            self._since = carried_over(prior, cond["status"]) or snap.now
+        elif key[0] != self._written[0]:
             self._since = snap.now
-            cond["lastTransitionTime"] = timestamp(snap.now)
+        cond["lastTransitionTime"] = timestamp(self._since)
         if key != self._written:
             log.info(
                 "%s: %s (%s) %s", SPOKE_CONDITION, cond["status"], cond["reason"], cond["message"]

@@ -1,6 +1,7 @@
 """`wg-kube status` (and `kubectl wg-kube status`): the whole overlay in one table, from the
 API alone: Node labels and annotations, the hub's peer-health annotation, the spokes'
-WireGuardTunnel conditions and the hub's rejection Events. Read-only.
+WireGuardTunnel conditions, the hub's rejection Events, and the hub announcement (what
+`wg-kube router` routes on every other Node). Read-only.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from wgkube.domain import announcement
 from wgkube.domain.annotations import (
     DEFAULT_PREFIX,
+    HubRecord,
     Keys,
     NodeBody,
     is_hub,
@@ -24,8 +27,8 @@ from wgkube.domain.annotations import (
     node_annotations,
     node_name,
 )
-from wgkube.domain.errors import WgKubeError
-from wgkube.kube.client import Api
+from wgkube.domain.errors import AnnouncementError, WgKubeError
+from wgkube.kube.client import Api, KubeApiError
 from wgkube.observe.report import HEALTH_ANNOTATION, HUB_CONDITION, SPOKE_CONDITION, timestamp
 
 REJECTIONS = ("InvalidPeerConfig", "PeerConflict")
@@ -67,9 +70,14 @@ def _latest_rejections(events: Sequence[Mapping[str, Any]]) -> dict[str, Mapping
 
 
 def overlay(
-    nodes: Sequence[NodeBody], events: Sequence[Mapping[str, Any]], keys: Keys
+    nodes: Sequence[NodeBody],
+    events: Sequence[Mapping[str, Any]],
+    keys: Keys,
+    hubs: Sequence[HubRecord] = (),
 ) -> list[dict[str, Any]]:
-    """One row per hub and per peer Node (pure: the CLI and `make demo` render it)."""
+    """One row per hub and per peer Node (pure: the CLI and `make demo` render it), and,
+    when the announcement lists `hubs`, one per other Node: the router DaemonSet runs on
+    every Node that is neither hub nor peer and routes the announced prefixes there."""
     rows: list[dict[str, Any]] = []
     health: dict[str, Any] = {}
     for node in nodes:
@@ -93,11 +101,15 @@ def overlay(
     # word only when the hub counted that many up (else it has not seen it yet).
     hub_says_up = bool(health) and counted_up >= len(unlisted)
     rejections = _latest_rejections(events)
+    routed = _router_row(hubs)
+    routers: list[dict[str, Any]] = []
     for node in sorted(nodes, key=lambda n: (not is_hub(n, keys), node_name(n))):
         name = node_name(node)
         notes = node_annotations(node)
         hub = is_hub(node, keys)
         if not hub and not is_peer(node, keys):
+            if routed is not None:
+                routers.append({**routed, "node": name})
             continue
         row: dict[str, Any] = {
             "node": name,
@@ -142,7 +154,35 @@ def overlay(
             elif active := notes.get(keys.active_hub):
                 row["detail"] = f"via hub {active}"  # several hubs: the spoke's active one
         rows.append(row)
-    return rows
+    return rows + routers
+
+
+def _router_row(hubs: Sequence[HubRecord]) -> dict[str, Any] | None:
+    """What `wg-kube router` routes on an ordinary Node, as the announcement says: the
+    hub it follows (the same choice as the router's: the first by name), its prefixes
+    (routerPrefixes, else allowed-ips; the router skips any that overlaps the node's own
+    link) and the next hop. The router writes nothing to the API: its own /readyz says
+    whether the routes are in place."""
+    if not hubs:
+        return None
+    hub = announcement.trusted_hub(tuple(hubs), None)
+    prefixes = hub.router_prefixes if hub.router_prefixes is not None else hub.allowed_ips
+    if hub.internal_ip is None:
+        detail = f"hub {hub.node} announces no InternalIP: no route"
+    else:
+        detail = f"routes via hub {hub.node} ({hub.internal_ip})"
+    return {
+        "node": "",
+        "role": "router",
+        "allowed_ips": ",".join(str(net) for net in prefixes),
+        "endpoint": "",
+        "state": "",
+        "tunnel": "",
+        "last_handshake": "",
+        "rx_bytes": None,
+        "tx_bytes": None,
+        "detail": detail,
+    }
 
 
 def render_table(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -157,12 +197,23 @@ def render_table(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 async def collect(api: Api, keys: Keys) -> list[dict[str, Any]]:
-    """Two reads: every Node, and the Warning Events about Nodes."""
+    """Three reads: every Node, the Warning Events about Nodes, the hub announcement."""
     nodes, _ = await api.list_nodes()
     events = await api.list_events(
         "default", field_selector="involvedObject.kind=Node,type=Warning"
     )
-    return overlay(nodes, events, keys)
+    return overlay(nodes, events, keys, await announced_hubs(api))
+
+
+async def announced_hubs(api: Api) -> tuple[HubRecord, ...]:
+    """The hubs in the announcement; none when it is missing, unreadable (a viewer bound
+    to an older wg-kube-status-viewer role) or malformed: the table then has no router
+    rows, and the rest of it is unchanged."""
+    try:
+        config_map = await api.get_config_map(announcement.NAMESPACE, announcement.NAME)
+        return announcement.decode(config_map.get("data"))
+    except (KubeApiError, AnnouncementError):
+        return ()
 
 
 async def render_status(kubeconfig: Path, *, prefix: str = DEFAULT_PREFIX) -> str:

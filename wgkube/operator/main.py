@@ -12,10 +12,13 @@ from collections.abc import Sequence
 import kopf
 
 from wgkube.config import SettingsError, fail, parse_settings
+from wgkube.domain.annotations import node_annotations
+from wgkube.domain.errors import SetupError
 from wgkube.kernel import check_ipv6
+from wgkube.kube.client import Api, KubeApiError
 from wgkube.observe.metrics import serve_metrics
 from wgkube.observe.report import HubReporter
-from wgkube.operator.hub import Hub
+from wgkube.operator.hub import MANIFESTS_RBAC, NODES_ROLE, Hub
 from wgkube.operator.kopf_app import install
 from wgkube.operator.probes import serve_probes
 from wgkube.operator.settings import HubSettings
@@ -59,6 +62,7 @@ async def serve(settings: HubSettings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
+    settings = await own_node_settings(settings)
     hub = await Hub.start(settings)
     try:
         await check_api(hub.api, settings.kubeconfig, settings.node_name)
@@ -106,6 +110,38 @@ async def serve(settings: HubSettings) -> None:
         await hub.close()
 
 
+async def own_node_settings(settings: HubSettings) -> HubSettings:
+    """The settings with this hub's own address and priority from its Node's annotations
+    (HubSettings.for_node), read before the device is touched: a hub must never come up
+    on another hub's address. A Node not registered yet has none (a warning)."""
+    async with await Api.connect(settings.kubeconfig) as api:
+        await check_api(api, settings.kubeconfig, settings.node_name)
+        try:
+            node = await api.get_node(settings.node_name)
+        except KubeApiError as exc:
+            if exc.status != 404:
+                raise SetupError(
+                    f"cannot read node {settings.node_name} for its own hub address and "
+                    f"priority ({exc}); the hub needs {NODES_ROLE} ({MANIFESTS_RBAC})"
+                ) from exc
+            log.warning(
+                "node %s is not registered yet: using --address and --hub-priority",
+                settings.node_name,
+            )
+            return settings
+    own = settings.for_node(node_annotations(node))
+    if own is not settings:
+        log.info(
+            "node %s: overlay address %s, priority %d (its annotations)",
+            settings.node_name,
+            ",".join(map(str, own.address)),
+            own.hub_priority,
+        )
+        if own.backend != "memory" and own.address != settings.address:
+            check_ipv6(own.address)
+    return own
+
+
 def observe(hub: Hub, stop: asyncio.Event) -> list[asyncio.Task[None]]:
     """/metrics, and peer health as Events and the hub's Node condition."""
     settings = hub.settings
@@ -121,7 +157,13 @@ def observe(hub: Hub, stop: asyncio.Event) -> list[asyncio.Task[None]]:
     )
 
     async def report() -> None:
-        await hub.loop.listed.wait()  # names and rejections are known only then
+        # The first look after the first reconcile (or its failure): before it the
+        # interface may not exist yet and the rejections are unknown, and a first
+        # condition written too early would stand for a whole interval.
+        await hub.loop.listed.wait()
+        # The loop counts its reconciles (it signals none): a few 50 ms polls, once.
+        while not (hub.loop.stats.reconciles or hub.loop.stats.failures):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
         await reporter.run()
 
     tasks = [asyncio.create_task(report(), name="peer health")]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
 
 from wgkube.domain.annotations import DEFAULT_MAX_PEER_PREFIXES, DEFAULT_PREFIX
+from wgkube.domain.errors import InvalidInput, SetupError
 from wgkube.domain.net import (
     DEFAULT_PORT,
     Endpoint,
@@ -18,6 +20,13 @@ from wgkube.domain.net import (
 )
 from wgkube.kernel.port import ROUTE_PROTOCOL
 from wgkube.node_settings import NodeSettings
+
+HUB_ADDRESS = "hub-address"
+HUB_PRIORITY = "hub-priority"
+"""Annotations (after the prefix) an administrator sets on a hub's Node to give that hub
+its own overlay address(es) and priority; they win over WG_ADDRESS / WG_HUB_PRIORITY, so
+one DaemonSet serves several hubs. Nodes may not set them (manifests/30-admission.yaml)."""
+PRIORITY_RANGE = (-1000, 1000)
 
 
 def _env(name: str, flag: str | None = None) -> Any:
@@ -37,7 +46,8 @@ class HubSettings(NodeSettings):
     address: tuple[IPInterface, ...] = Field(
         (parse_interface("100.96.0.1/32"),), json_schema_extra=_env("WG_ADDRESS")
     )
-    """WireGuard interface address(es), CIDR; a comma list for dual stack."""
+    """WireGuard interface address(es), CIDR; a comma list for dual stack. The Node's
+    <prefix>hub-address annotation wins (each hub of several needs its own)."""
 
     allowed_ips: tuple[IPNetwork, ...] | None = Field(
         None, json_schema_extra=_env("WG_ALLOWED_IPS")
@@ -116,9 +126,12 @@ class HubSettings(NodeSettings):
     no longer grow the hub's routing table and WireGuard trie by thousands of entries.
     """
 
-    hub_priority: int = Field(0, ge=-1000, le=1000, json_schema_extra=_env("WG_HUB_PRIORITY"))
+    hub_priority: int = Field(
+        0, ge=PRIORITY_RANGE[0], le=PRIORITY_RANGE[1], json_schema_extra=_env("WG_HUB_PRIORITY")
+    )
     """With several hubs: spokes send through the highest priority that forwards, then
-    the oldest hub Node, then the name (published in the announcement)."""
+    the oldest hub Node, then the name (published in the announcement). The Node's
+    <prefix>hub-priority annotation wins."""
 
     relay_echo_interval: float = Field(
         0.2, gt=0, le=10, json_schema_extra=_env("WG_RELAY_ECHO_INTERVAL")
@@ -177,3 +190,38 @@ class HubSettings(NodeSettings):
         """True when the advertised CIDRs reach beyond the hub's own addresses."""
         own = {ipaddress.ip_network(a.ip) for a in self.address}
         return any(net not in own for net in self.advertised)
+
+    def for_node(self, annotations: Mapping[str, str]) -> HubSettings:
+        """These settings with the hub Node's own address and priority, when an
+        administrator annotated them (`kubectl annotate node NAME <prefix>hub-address=…`);
+        SetupError naming the annotation when a value is not usable."""
+        update: dict[str, Any] = {}
+        key = self.annotation_prefix + HUB_ADDRESS
+        if (text := annotations.get(key)) is not None:
+            try:
+                update["address"] = tuple(parse_interface(p) for p in text.split(",") if p.strip())
+            except InvalidInput as exc:
+                raise SetupError(
+                    self._bad(key, text, f"{exc}; give CIDRs, e.g. 100.96.0.2/32")
+                ) from exc
+            if not update["address"]:
+                raise SetupError(
+                    self._bad(key, text, "it is empty; give CIDRs, e.g. 100.96.0.2/32")
+                )
+        key = self.annotation_prefix + HUB_PRIORITY
+        if (text := annotations.get(key)) is not None:
+            low, high = PRIORITY_RANGE
+            try:
+                priority = int(text.strip())
+            except ValueError:
+                priority = None
+            if priority is None or not low <= priority <= high:
+                raise SetupError(self._bad(key, text, f"give an integer from {low} to {high}"))
+            update["hub_priority"] = priority
+        return self.model_copy(update=update) if update else self
+
+    def _bad(self, key: str, text: str, fix: str) -> str:
+        return (
+            f"node {self.node_name}: annotation {key}={text!r} is not usable: {fix} "
+            f"(kubectl annotate node {self.node_name} {key}=... --overwrite)"
+        )

@@ -130,6 +130,14 @@ class SpokeAgent:
             return self.several.record(self.several.active)
         return self.hub
 
+    @property
+    def active_interface(self) -> str:
+        """The interface of the active hub's tunnel: what the spoke's metrics and its
+        WireGuardTunnel condition describe (the configured one with a single hub)."""
+        if self.several is not None and self.several.hubs and self.several.active:
+            return self.several.ifname(self.several.active) or self.settings.interface
+        return self.settings.interface
+
     def hub_set(self) -> HubSet:
         if self.several is None:
             self.several = HubSet(

@@ -140,7 +140,10 @@ async def serve(settings: SpokeSettings, key: PrivateKey) -> None:
         await api.close()
         await kernel.close()
         raise
-    metrics = spoke_metrics(settings, kernel, lambda: agent.hub)
+    # The active hub's tunnel (with several hubs, not necessarily the configured device's).
+    metrics = spoke_metrics(
+        settings, kernel, lambda: agent.active_hub, lambda: agent.active_interface
+    )
     agent = SpokeAgent(
         settings=settings,
         key=key,
@@ -151,7 +154,7 @@ async def serve(settings: SpokeSettings, key: PrivateKey) -> None:
     )
     task = asyncio.create_task(agent.run())
     stopper = asyncio.create_task(stop.wait())
-    watchers = observe(settings, metrics, api, lambda: agent.hub, stop)
+    watchers = observe(settings, metrics, api, lambda: agent.active_hub, stop)
     try:
         await asyncio.wait([task, stopper, *watchers], return_when=asyncio.FIRST_COMPLETED)
         if task.done():
@@ -169,14 +172,17 @@ async def serve(settings: SpokeSettings, key: PrivateKey) -> None:
 
 
 def spoke_metrics(
-    settings: SpokeSettings, kernel: Kernel, hub: Callable[[], HubRecord | None]
+    settings: SpokeSettings,
+    kernel: Kernel,
+    hub: Callable[[], HubRecord | None],
+    interface: Callable[[], str] | None = None,
 ) -> Metrics:
     def names() -> dict[PublicKey, str]:
         record = hub()
         return {record.public_key: record.node} if record else {}
 
     book = HealthBook(thresholds(settings.health_handshake_limit, settings.health_keepalive))
-    return Metrics(kernel, settings.interface, "spoke", book, names=names)
+    return Metrics(kernel, settings.interface, "spoke", book, names=names, interface_of=interface)
 
 
 def active_hub_metrics(metrics: Metrics) -> Callable[[str, bool], None]:

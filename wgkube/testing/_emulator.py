@@ -33,6 +33,7 @@ import aiohttp.web
 import kmock
 
 from wgkube.testing._patching import (
+    NODE_MERGE_KEYS,
     PatchError,
     PatchTestFailedError,
     apply_json_patch,
@@ -777,7 +778,8 @@ class KubeApiEmulator(kmock.KubernetesScaffold):
             elif patch_type == "merge":
                 patched = apply_merge_patch(view, patch)
             elif patch_type == "strategic":
-                patched = apply_strategic_merge_patch(view, patch)
+                merge_keys = NODE_MERGE_KEYS if target.plural == "nodes" else None
+                patched = apply_strategic_merge_patch(view, patch, merge_keys)
             else:
                 raise ApiStatusError(
                     415, "UnsupportedMediaType", f"the patch type {patch_type!r} is not supported"
