@@ -8,7 +8,17 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.." || exit 3
 cut -d' ' -f1 /proc/uptime >"$RESULT/uptime"
 touch "$RESULT/started"
 modprobe wireguard || { echo "guest: modprobe wireguard failed" >&2; exit 3; }
+# Loaded up front rather than on first use: the VXLAN test (tests/router) and the
+# nftables faults (tests/ha, tests/observe) then fail on their own, not on a module.
+for module in vxlan nf_tables; do
+  modprobe "$module" || echo "guest: modprobe $module failed" >&2
+done
 export PYTHONDONTWRITEBYTECODE=1 WGKUBE_IN_VM=1
+# What run.sh passes on (WGKUBE_CONTROLPLANE_BIN, CI), as a file.
+if [[ -f "$RESULT/env" ]]; then
+  # shellcheck source=/dev/null
+  source "$RESULT/env"
+fi
 if [[ -f "$RESULT/cmd" ]]; then
   exec bash "$RESULT/cmd"
 fi

@@ -32,8 +32,14 @@ command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 missing (qem
 mkdir -p "$ROOT/.cache"
 RESULT=$(mktemp -d "$ROOT/.cache/vm-XXXXXX")
 trap 'rm -rf "$RESULT"' EXIT
-# The environment does not cross into the guest; a command does, as a file.
+# The environment does not cross into the guest; a command does, as a file, and so do
+# the few variables tests read: where the control plane binaries are (a worktree without
+# its own .cache/controlplane/bin names another's), and CI=true, under which a test that
+# needs the real control plane fails instead of skipping without it.
 [[ -n "${WGKUBE_VM_CMD:-}" ]] && printf '%s\n' "$WGKUBE_VM_CMD" >"$RESULT/cmd"
+for name in WGKUBE_CONTROLPLANE_BIN CI; do
+  if [[ -n "${!name:-}" ]]; then printf 'export %s=%q\n' "$name" "${!name}" >>"$RESULT/env"; fi
+done
 
 echo "tests/vm/run.sh: booting $KERNEL (TCG, timeout ${TIMEOUT}s)"
 start=$(date +%s%N)
