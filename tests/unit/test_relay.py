@@ -198,7 +198,7 @@ def test_a_relay_link_dials_the_port_the_other_hub_keeps_for_us_with_the_shared_
     assert link.device.name == "wg0-r1"
     assert link.device.listen_port == 51821  # ours for hub-b
     assert link.device.private_key == KEY
-    assert link.device.addresses == ()
+    assert link.device.addresses == DEVICE.addresses
     assert link.peer == PeerSpec(
         public_key=pub("hub-b"),
         endpoint=ep("198.18.0.2:51825"),

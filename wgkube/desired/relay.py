@@ -171,7 +171,8 @@ def relay_links(
 ) -> tuple[RelayLink, ...]:
     """A relay interface per other hub that keeps one for this hub (announced its port
     for us, and an endpoint); none at all with one hub. Same key as the main device: the
-    other hub knows it already, and one key may serve several devices."""
+    other hub knows it already, and one key may serve several devices. Same addresses
+    too (a host address may sit on several devices)."""
     hubs = tuple(hubs)
     links: list[RelayLink] = []
     ports = dict(relay_ports(own, hubs, device.listen_port or 0))
@@ -194,6 +195,11 @@ def relay_links(
                     name=relay_interface_name(device.name, i),
                     private_key=device.private_key,
                     listen_port=port,
+                    # The hub's own addresses here too: reverse-path filtering, even
+                    # loose, drops what arrives on a device without an IPv4 address
+                    # whenever the route back leaves by another (a relayed spoke's
+                    # packet, a spoke's answer through the other hub).
+                    addresses=device.addresses,
                     mtu=device.mtu,
                 ),
                 peer=PeerSpec(
