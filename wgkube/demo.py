@@ -442,7 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             say(f"  logs: {workdir}/logs/   remove it all: make demo-clean")
         else:
             demo.clean()
-            say("cleaned up: namespaces, processes, interfaces and the bridge are gone")
+            say("cleaned up: namespaces, processes, interfaces and the bridges are gone")
     if not ok:
         return fail(failure or "see the output above")
     say("RESULT: all pings answered, 0 lost during the live change")
