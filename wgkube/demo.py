@@ -1,9 +1,12 @@
-"""`make demo`: a hub and spokes over real WireGuard on this machine, against the API emulator.
+"""`make demo`: a hub, spokes and an ordinary node over real WireGuard on this machine,
+against the API emulator.
 
-Every "node" is a network namespace joined to an underlay bridge in 198.18.0.0/24 (the
-benchmarking range: nothing outside this machine is ever addressed). The real
-`wg-kube hub` and `wg-kube spoke` processes run inside them and find each other only
-through Node objects in the emulated API server. Needs root.
+Every "node" is a network namespace on one of two bridges in 198.18.0.0/23 (the
+benchmarking range: nothing outside this machine is ever addressed): the cluster's node
+network (the hub's InternalIP and an ordinary node) and one standing for the internet (the
+hub's public side and the spokes), so that only the tunnel joins spokes and cluster nodes.
+The real `wg-kube hub`, `wg-kube spoke` and `wg-kube router` processes run inside them
+and find each other only through the emulated API server. Needs root.
 
     python -m wgkube.demo            run, print, clean up
     python -m wgkube.demo --keep     leave everything running to explore
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -24,6 +28,8 @@ import signal
 import sys
 import time
 import traceback
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,21 +43,29 @@ from wgkube.testing.lab import (
     API_PORT,
     BRIDGE,
     HUB_WG,
+    INTERNET,
+    INTERNET_BRIDGE,
+    ROUTER_PROBE_PORT,
     SLOW,
+    TWO_UNDERLAY_HUB_ARGS,
     UNDERLAY,
     Lab,
+    LabError,
     LabState,
     Node,
     clean,
     leftovers,
     sweep,
 )
-from wgkube.testing.netns import NetNS, PingStream, can_make_namespaces
+from wgkube.testing.netns import NetNS, PingResult, PingStream, can_make_namespaces
 
 PING_INTERVAL = 0.01
 STATUS_WAIT = 20.0
 """Seconds the status table may wait for the API to show every spoke up (the spokes
 write their condition every health interval, 10 s by default)."""
+ROUTER_WAIT = 40.0
+"""Seconds the ordinary node's router may take to route the overlay (it waits for the
+hub's announcement)."""
 ORIGINAL_COST = (
     "the original Go controller restarts the interface on every peer change (wg-quick "
     "down/up); measured by make bench with kernel WireGuard, that cuts a spoke the hub "
@@ -65,7 +79,7 @@ def say(text: str = "") -> None:
 
 class Demo(Lab):
     def __init__(self, workdir: Path, spokes: int) -> None:
-        super().__init__(workdir, hub_args=("--allowed-ips", "100.96.0.0/24"))
+        super().__init__(workdir, hub_args=TWO_UNDERLAY_HUB_ARGS)
         self.spoke_count = spokes
         self.summary: dict[str, Any] = {}
         self.failure = ""
@@ -88,12 +102,44 @@ class Demo(Lab):
                     and r.get("state") == "up"
                     and str(r.get("tunnel", "")).startswith("True")
                 ]
-                if len(up) >= spokes or time.monotonic() > deadline:
+                routers = [r for r in rows if r.get("role") == "router"]
+                if (len(up) >= spokes and routers) or time.monotonic() > deadline:
                     break
                 await asyncio.sleep(0.2)
         say("  $ wg-kube status")
         for line in render_table(rows).splitlines():
             say("  " + line)
+
+    async def wait_router(self, node: Node) -> dict[str, Any]:
+        """Until the router's /readyz says its routes are in place; its summary."""
+        url = f"http://{node.underlay}:{ROUTER_PROBE_PORT}/readyz"
+        deadline = time.monotonic() + ROUTER_WAIT * SLOW
+        body: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            self.check_alive()
+            code, body = await asyncio.to_thread(_readyz, url)
+            if code == 200:
+                return body
+            await asyncio.sleep(0.2)
+        problems = "; ".join(body.get("problems") or ()) or "no answer from /readyz"
+        raise LabError(
+            f"the router on {node.name} is not ready after {ROUTER_WAIT * SLOW:.0f}s "
+            f"({problems}); log: {self.log_path(node)}"
+        )
+
+    async def reach(self, src: Node, target: str, count: int = 5) -> PingResult:
+        """A ping that cannot even send (no route: "Network is unreachable") is 0 of
+        `count`, with ping's own words, not a crash."""
+        try:
+            return await self.ping(src, target, count=count)
+        except ValueError:
+            proc = await asyncio.create_subprocess_exec(
+                *NetNS(src.ns).argv("ping", "-n", "-c", "1", "-W", "1", target),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+            out, _ = await proc.communicate()
+            return PingResult(count, 0, out.decode(errors="replace").strip())
 
     async def show(self) -> bool:
         try:
@@ -104,14 +150,23 @@ class Demo(Lab):
     # -- the show ------------------------------------------------------------------------
     async def run(self) -> bool:
         say(
-            "wg-kube demo: one hub and spokes, each a network namespace on bridge "
-            f"{BRIDGE} ({UNDERLAY}.0/24)"
+            "wg-kube demo: each node a network namespace; the cluster's node network is "
+            f"bridge {BRIDGE} ({UNDERLAY}.0/24), the internet bridge {INTERNET_BRIDGE} "
+            f"({INTERNET}.0/24)"
+        )
+        say(
+            "  the hub is on both, the spokes out on the internet, an ordinary node "
+            "(wg-kube router) on the node network: only the tunnel joins them"
         )
         self.make_bridge()
-        self.start_api()
-        say(f"  API emulator at http://{UNDERLAY}.254:{API_PORT} (kubeconfig {self.kubeconfig})")
-        hub = Node("hub", "hub", 1)
-        self.add_node(hub)
+        self.make_internet()
+        # On the internet side, as a managed cluster's public endpoint: the spokes route
+        # the cluster's node network into the tunnel, and the API must stay outside it.
+        api_address = f"{INTERNET}.254"
+        self.start_api(host=api_address)
+        say(f"  API emulator at http://{api_address}:{API_PORT} (kubeconfig {self.kubeconfig})")
+        hub = Node("hub", "hub", 1, site="both")
+        self.place(hub, api_address=api_address)
         self.start_process(hub)
         backend = await self.backend_name(hub)
         say(
@@ -122,45 +177,72 @@ class Demo(Lab):
                 else " (the kernel module)"
             )
         )
-        spokes = [Node(f"spoke-{i}", "spoke", 10 + i) for i in range(1, self.spoke_count + 1)]
+        spokes = [
+            Node(f"spoke-{i}", "spoke", 10 + i, site="internet")
+            for i in range(1, self.spoke_count + 1)
+        ]
         for spoke in spokes:
-            self.add_node(spoke)
+            self.place(spoke, api_address=api_address)
             self.start_process(spoke)
+        ordinary = Node("node-1", "router", 2)
+        self.place(ordinary, api_address=api_address)
+        self.start_router(ordinary)
         for spoke in spokes:
             await self.wait_handshake(spoke, hub)
-        say("  every spoke has completed a handshake with the hub\n")
+        say("  every spoke has completed a handshake with the hub")
+        ready = await self.wait_router(ordinary)
+        say(
+            f"  {ordinary.name} (neither hub nor spoke) runs wg-kube router: "
+            f"{', '.join(ready.get('routes') or ())} (ip route show proto 87)\n"
+        )
         await self.print_status(len(spokes))
 
         say("\nping over the tunnel (5 each):")
         ok = True
         pings: dict[str, dict[str, int]] = {}
-        for spoke in spokes:
-            result = await self.ping(spoke, HUB_WG)
-            pings[f"{spoke.name}->hub"] = {"sent": result.transmitted, "received": result.received}
+
+        async def ping(src: Node, target: str, label: str, what: str) -> None:
+            nonlocal ok
+            result = await self.reach(src, target)
+            pings[label] = {"sent": result.transmitted, "received": result.received}
             ok &= result.received == result.transmitted > 0
-            say(f"  {spoke.name} -> hub {HUB_WG}: {result.received}/{result.transmitted}")
+            say(f"  {src.name} -> {what}: {result.received}/{result.transmitted}{why(result)}")
+
+        for spoke in spokes:
+            await ping(spoke, HUB_WG, f"{spoke.name}->hub", f"hub {HUB_WG}")
         if len(spokes) >= 2:
             a, b = spokes[0], spokes[1]
-            result = await self.ping(a, b.wg_address)
-            pings[f"{a.name}->{b.name}"] = {"sent": result.transmitted, "received": result.received}
-            ok &= result.received == result.transmitted > 0
-            say(
-                f"  {a.name} -> {b.name} {b.wg_address} (through the hub): "
-                f"{result.received}/{result.transmitted}"
+            await ping(
+                a, b.wg_address, f"{a.name}->{b.name}", f"{b.name} {b.wg_address} (through the hub)"
             )
-
-        new = Node(f"spoke-{len(spokes) + 1}", "spoke", 10 + len(spokes) + 1)
-        say(
-            f"\nadding {new.name} live while {len(spokes)} spokes ping the hub every "
-            f"{PING_INTERVAL * 1000:.0f} ms:"
+        first = spokes[0]
+        await ping(
+            ordinary,
+            first.wg_address,
+            f"{ordinary.name}->{first.name}",
+            f"{first.name} {first.wg_address} (ordinary node, via the hub's InternalIP)",
         )
+        await ping(
+            first,
+            ordinary.underlay,
+            f"{first.name}->{ordinary.name}",
+            f"{ordinary.name} {ordinary.underlay} (its InternalIP, through the tunnel)",
+        )
+
+        new = Node(f"spoke-{len(spokes) + 1}", "spoke", 10 + len(spokes) + 1, site="internet")
+        say(
+            f"\nadding {new.name} live while {len(spokes)} spokes ping the hub and "
+            f"{ordinary.name} pings {first.name}, every {PING_INTERVAL * 1000:.0f} ms:"
+        )
+        sources = [(s, HUB_WG) for s in spokes] + [(ordinary, first.wg_address)]
         streams = [
-            await PingStream.start(NetNS(s.ns), HUB_WG, interval=PING_INTERVAL) for s in spokes
+            await PingStream.start(NetNS(src.ns), target, interval=PING_INTERVAL)
+            for src, target in sources
         ]
         started = time.monotonic()
         try:
             await asyncio.sleep(1.0)
-            self.add_node(new)
+            self.place(new, api_address=api_address)
             self.start_process(new)
             await self.wait_handshake(new, hub)
             # Replies sent after the change must come back too, so wait for some more.
@@ -178,6 +260,17 @@ class Demo(Lab):
             f"  {new.name} joined and completed its handshake; {sent} pings in {took:.1f}s, "
             f"lost {lost}"
         )
+        reached = await self.reach(ordinary, new.wg_address)
+        pings[f"{ordinary.name}->{new.name}"] = {
+            "sent": reached.transmitted,
+            "received": reached.received,
+        }
+        ok &= reached.received == reached.transmitted > 0
+        say(
+            f"  {ordinary.name} -> {new.name} {new.wg_address} (no route written for it: "
+            f"the router routes the aggregate): {reached.received}/{reached.transmitted}"
+            f"{why(reached)}"
+        )
         say(f"  (for comparison: {ORIGINAL_COST})\n")
         ok &= lost == 0 and sent > 0
         if not ok:
@@ -190,9 +283,30 @@ class Demo(Lab):
             "backend": backend,
             "pings": pings,
             "live_add": {"sent": sent, "lost": lost, "seconds": round(took, 2)},
+            "router": {"node": ordinary.name, "routes": ready.get("routes") or []},
             "ok": ok,
         }
         return ok
+
+
+def why(result: PingResult) -> str:
+    """What ping said when nothing came back (e.g. no route), else nothing."""
+    if result.received or not result.output:
+        return ""
+    words = [ln for ln in result.output.splitlines() if ln.startswith("ping:")]
+    return f" ({words[-1]})" if words else ""
+
+
+def _readyz(url: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        with contextlib.suppress(ValueError):
+            return exc.code, json.loads(exc.read())
+        return exc.code, {}
+    except (OSError, ValueError):
+        return 0, {}
 
 
 RUN_FILES = ("logs", "keys", "kubeconfig", "state.json", "state.tmp")
@@ -324,10 +438,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             say(f"  export KUBECONFIG={demo.kubeconfig}")
             say(f"  kubectl get nodes -L {DEFAULT_PREFIX}hub,{DEFAULT_PREFIX}peer")
             say("  ip netns exec wgkdemo-hub wg show wg-hub")
+            say("  ip netns exec wgkdemo-node-1 ip route show proto 87")
             say(f"  logs: {workdir}/logs/   remove it all: make demo-clean")
         else:
             demo.clean()
-            say("cleaned up: namespaces, processes, interfaces and the bridge are gone")
+            say("cleaned up: namespaces, processes, interfaces and the bridges are gone")
     if not ok:
         return fail(failure or "see the output above")
     say("RESULT: all pings answered, 0 lost during the live change")

@@ -18,7 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from wgkube.testing.lab import API_PORT, BRIDGE, NS_PREFIX, SOCKET_DIR, VETH_PREFIX
+from wgkube.testing.lab import (
+    API_PORT,
+    BRIDGE,
+    INTERNET_BRIDGE,
+    INTERNET_VETH_PREFIX,
+    NS_PREFIX,
+    SOCKET_DIR,
+    VETH_PREFIX,
+)
 from wgkube.testing.netns import can_make_namespaces
 
 pytestmark = pytest.mark.skipif(can_make_namespaces() is not None, reason="needs root and ip")
@@ -58,8 +66,18 @@ def assert_passed(proc: subprocess.CompletedProcess[str]) -> None:
     assert live is not None, output
     assert int(live[1]) > 100, output
     assert int(live[2]) == 0, output
-    for answered in re.findall(r"-> .*: (\d+)/(\d+)", proc.stdout):
+    answers = re.findall(r"-> .*: (\d+)/(\d+)", proc.stdout)
+    assert len(answers) >= 7, output  # 3 spokes, spoke to spoke, node to spoke and back, ...
+    for answered in answers:
         assert answered[0] == answered[1] != "0", output
+    # The ordinary node: in the status table as a router of the overlay, and reaching a
+    # spoke (and the spoke it) over the tunnel.
+    routers = [ln.split() for ln in proc.stdout.splitlines() if re.match(r"\s+node-1\s", ln)]
+    assert routers, output
+    assert all(r[1:3] == ["router", "100.96.0.0/24"] for r in routers), output
+    assert "routes via hub hub (198.18.0.1)" in proc.stdout, output
+    assert re.search(r"node-1 -> spoke-1 100\.96\.0\.11 .*: 5/5", proc.stdout), output
+    assert re.search(r"spoke-1 -> node-1 198\.18\.0\.2 .*: 5/5", proc.stdout), output
 
 
 def demo_processes(workdir: Path) -> list[str]:
@@ -84,7 +102,11 @@ def what_is_left(workdir: Path) -> list[str]:
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
     left = [f"namespace {n.split()[0]}" for n in netns.splitlines() if n.startswith(NS_PREFIX)]
     names = [ln.split(":")[1].strip().split("@")[0] for ln in links.splitlines() if ":" in ln]
-    left += [f"link {n}" for n in names if n == BRIDGE or n.startswith(VETH_PREFIX)]
+    left += [
+        f"link {n}"
+        for n in names
+        if n in (BRIDGE, INTERNET_BRIDGE) or n.startswith((VETH_PREFIX, INTERNET_VETH_PREFIX))
+    ]
     if SOCKET_DIR.is_dir():
         left += [
             f"socket {p}"
@@ -123,6 +145,7 @@ def test_a_kept_demo_is_removed_by_demo_clean_and_the_next_run_passes(tmp_path: 
     summary = json.loads(summary_path.read_text())
     assert summary["ok"] is True
     assert summary["live_add"]["lost"] == 0
+    assert summary["router"] == {"node": "node-1", "routes": ["100.96.0.0/24 via 198.18.0.1"]}
     assert all(c["received"] == c["sent"] > 0 for c in summary["pings"].values()), summary
     assert what_is_left(workdir) == []
 

@@ -168,7 +168,8 @@ class Lab:
         self.backend = backend
         self.hub_args = hub_args
         self.spoke_env = spoke_env or {}
-        """Extra environment for every spoke (`{ip}` becomes the node's underlay IP)."""
+        """Extra environment for every spoke (`{ip}` becomes the node's underlay IP,
+        `{public}` its address on the internet bridge)."""
         self._children: list[subprocess.Popen[bytes]] = []
         self._kernels: dict[str, Kernel] = {}
         self._in_process: EmulatedApiServer | None = None
@@ -252,13 +253,12 @@ class Lab:
         ]
         self._spawn(node, argv, env)
 
-    def start_api(self, *, in_process: bool = False) -> None:
-        """The emulator on the bridge address: a process of its own (it outlives us with
-        --keep), or `in_process` in a thread of ours (one Python start less: tests)."""
+    def start_api(self, *, in_process: bool = False, host: str = f"{UNDERLAY}.254") -> None:
+        """The emulator on a bridge address (`host`: {INTERNET}.254 puts it on the internet
+        side, as a managed cluster's public endpoint): a process of its own (it outlives us
+        with --keep), or `in_process` in a thread of ours (one Python start less: tests)."""
         if in_process:
-            server = EmulatedApiServer(
-                host=f"{UNDERLAY}.254", port=API_PORT, kubeconfig_path=self.kubeconfig
-            )
+            server = EmulatedApiServer(host=host, port=API_PORT, kubeconfig_path=self.kubeconfig)
             server.__enter__()
             self._in_process = server
             self.api = server
@@ -275,7 +275,7 @@ class Lab:
                 "-m",
                 "wgkube.testing.apiserver",
                 "--host",
-                f"{UNDERLAY}.254",
+                host,
                 "--port",
                 str(API_PORT),
                 "--kubeconfig",
@@ -379,7 +379,12 @@ class Lab:
                 POLL_INTERVAL="10",
                 WG_BACKEND=self.backend,
             )
-            env.update({k: v.format(ip=node.underlay) for k, v in self.spoke_env.items()})
+            env.update(
+                {
+                    k: v.format(ip=node.underlay, public=node.public)
+                    for k, v in self.spoke_env.items()
+                }
+            )
         self._spawn(node, argv, env)
 
     def _spawn(self, node: Node, argv: list[str], env: dict[str, str]) -> None:
@@ -566,15 +571,18 @@ def _stale(path: Path) -> bool:
 
 
 def api_listener() -> int:
-    """The pid of a lab emulator still listening on the lab's API address, else 0."""
-    want = "{:08X}:{:04X}".format(
-        int.from_bytes(bytes(int(b) for b in f"{UNDERLAY}.254".split(".")), "little"), API_PORT
-    )
+    """The pid of a lab emulator still listening on one of the lab's API addresses, else 0."""
+    wanted = {
+        "{:08X}:{:04X}".format(
+            int.from_bytes(bytes(int(b) for b in f"{net}.254".split(".")), "little"), API_PORT
+        )
+        for net in (UNDERLAY, INTERNET)
+    }
     inodes = set()
     with contextlib.suppress(OSError):
         for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
             fields = line.split()
-            if fields[1] == want and fields[3] == "0A":  # LISTEN
+            if fields[1] in wanted and fields[3] == "0A":  # LISTEN
                 inodes.add(f"socket:[{fields[9]}]")
     if not inodes:
         return 0
