@@ -35,8 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wgkube.kernel import Backend
 from wgkube.operator.relay import DIRECT, RELAYING
-from wgkube.testing.lab import UNDERLAY, Lab, Node, sh
+from wgkube.testing.lab import SLOW, UNDERLAY, Lab, Node, sh
 from wgkube.testing.netns import NetNS, PingStream
 
 LOCK = Path("/tmp/wgkube-lab.lock")
@@ -218,16 +219,18 @@ async def until(what: str, probe: Callable[[], Awaitable[bool]], within: float) 
     raise TimeoutError(f"timed out after {within:.0f}s: {what}")
 
 
-def make_lab(workdir: Path, *, hold_down: float = HOLD_DOWN) -> Lab:
+def make_lab(workdir: Path, *, hold_down: float = HOLD_DOWN, backend: Backend = "userspace") -> Lab:
     env = {"WG_HUB_HOLD_DOWN": str(hold_down)}
     hub_args = ("--allowed-ips", RANGE, "--relay-hold-down", str(hold_down))
-    return Lab(workdir, backend="userspace", hub_args=hub_args, spoke_env=env)
+    return Lab(workdir, backend=backend, hub_args=hub_args, spoke_env=env)
 
 
-async def start(workdir: Path, *, hold_down: float = HOLD_DOWN) -> HaLab:
+async def start(
+    workdir: Path, *, hold_down: float = HOLD_DOWN, backend: Backend = "userspace"
+) -> HaLab:
     """Bridge, emulator, two hubs, two spokes (see `populate`). The caller holds the lab
-    lock and calls `lab.clean()`."""
-    lab = make_lab(workdir, hold_down=hold_down)
+    lock and calls `lab.clean()`. `backend` "kernel" is for the test VM (tests/ha)."""
+    lab = make_lab(workdir, hold_down=hold_down, backend=backend)
     lab.make_bridge()
     lab.start_api(in_process=True)
     return await populate(lab)
@@ -253,8 +256,8 @@ async def populate(lab: Lab, *, mark_hub: Callable[[str], object] | None = None)
         lab.start_process(spoke)
     for spoke in ha.spokes:
         for hub in ha.hubs:
-            await lab.wait_handshake(spoke, hub, within=60)
-    await ha.wait_on(ha.hubs[0], within=30)
+            await lab.wait_handshake(spoke, hub, within=60 * SLOW)
+    await ha.wait_on(ha.hubs[0], within=30 * SLOW)
     a, b = ha.spokes
     result = await lab.ping(a, b.wg_address, count=3)
     if result.received != 3:
@@ -283,7 +286,7 @@ async def finish(pings: list[PingStream]) -> list[int]:
 async def one_fault(ha: HaLab, fault: Fault, *, hold_down: float) -> dict[str, Any]:
     """Inject on the active (preferred) hub, clear, wait for the failback; the figures."""
     hub = ha.hubs[0]
-    await ha.wait_on(hub, within=hold_down + 30)
+    await ha.wait_on(hub, within=hold_down + 30 * SLOW)
     before = [ha.moves(s) for s in ha.spokes]
     relays_before = ha.relay_changes(hub)
     pings = await streams(ha)
@@ -301,12 +304,12 @@ async def one_fault(ha: HaLab, fault: Fault, *, hold_down: float) -> dict[str, A
     # Failback: after the hold-down, both spokes return to hub-a (and hub-a delivers to
     # spoke-1 directly again), losing nothing.
     pings = await streams(ha)
-    await ha.wait_on(hub, within=2 * hold_down + 30)
+    await ha.wait_on(hub, within=2 * hold_down + 30 * SLOW)
     if fault.relays:
         await until(
             f"{hub.name} delivers directly again",
             lambda: _true(sum(_minus(ha.relay_changes(hub), relays_before)) >= 2),
-            2 * hold_down + 30,
+            2 * hold_down + 30 * SLOW,
         )
     await asyncio.sleep(0.5)
     failback_lost = await finish(pings)

@@ -7,7 +7,11 @@
 # KVM hangs on this host, so the guest is emulated (TCG). Measured on this 2-core host
 # (shared with other builds, load 4-9): the guest reaches its first command 23-40 s
 # after boot; the kernel suite (30 tests of tests/kernel, plus collecting the whole
-# tree) took 197-434 s inside, 283-561 s wall clock for the whole run.
+# tree) took 197-434 s inside, 283-561 s wall clock for the whole run. The kernel
+# variants of the system tests on the real control plane and of monitoring and
+# failover (tests/trust, tests/router, tests/observe, tests/ha: 5 tests) add ~1300 s
+# under that load, 220-300 s each, most of it the wg-kube processes starting in the
+# emulated guest; 51 kernel tests in all.
 # The kernel is booted once for the whole suite; the checkout is shared read-write
 # over 9p so the venv runs as is and the results come back.
 set -euo pipefail
