@@ -12,6 +12,8 @@ Where things run (decided for isolation on a shared machine):
   disruption   kernel WireGuard exists only in the test VM: one boot of tests/vm/run.sh
                (virtme-ng, TCG) runs bench/vm_disruption.py. With --quick there is no VM;
                the same scenario runs on the host with wireguard-go instead.
+  spoke load   an API emulator in this process and one `wg-kube spoke` (memory backend):
+               its requests counted from the emulator's log (bench/spoke_load.py).
 
 Requires root (namespaces), wireguard-go, wireguard-tools, iproute2; the VM part also
 qemu-system-x86 and linux-image-amd64. Absolute times on a shared 2-core machine are
@@ -36,7 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import failover, scrape
+from bench import failover, scrape, spoke_load
 from bench.common import SOCKET_DIR, log
 from wgkube.testing.netns import create_netns, delete_netns
 
@@ -696,6 +698,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         vm = run_vm()
     log("/metrics scrape cost (wireguard-go, throw-away namespace)")
     results["scrape"] = scrape.run(1000 if args.quick else 5000)
+    log("one spoke agent's API load (API emulator's request log)")
+    results["spoke_load"] = spoke_load.run([100] if args.quick else [100, 1000, 10000])
     log("failover between two hubs (wireguard-go, the lab's namespaces, under the lab lock)")
     results["failover"] = failover.run(1 if args.quick else 3)
     results["environment"]["loadavg_end"] = list(os.getloadavg())
@@ -707,6 +711,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(render(results))
     print(scrape.line(results["scrape"]))
+    print("\n".join(spoke_load.lines(results["spoke_load"])))
     print("\n".join(failover.lines(results["failover"])))
     print(f"\nJSON: {args.json}")
     return 0 if _ok(host) else 1
