@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import failover, scrape, spoke_load
-from bench.common import SOCKET_DIR, log
+from bench.common import SOCKET_DIR, log, wait_until
 from wgkube.testing.netns import create_netns, delete_netns
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,7 +50,9 @@ TARGET_P99_SLACK = 0.1
 TARGET_LATENCY_SLACK = 0.05
 TARGET_MEMORY_MB = 150.0
 HOST_BUDGET = {"full": 2700.0, "quick": 400.0}
-VM_TIMEOUT = 600
+VM_TIMEOUT = 1500
+"""Seconds for the whole VM run: boot (23-40 s) plus both halves under TCG, which took
+up to ~10 min on a loaded host; past it run.sh kills the VM."""
 VM_PEERS = 200
 
 
@@ -166,6 +168,7 @@ def run_vm() -> dict[str, Any]:
         return {"status": "not run", "error": f"{script} is missing"}
     cache = ROOT / ".cache"
     cache.mkdir(exist_ok=True)
+    # Under the checkout: the one directory the guest shares read-write with the host.
     result_dir = Path(tempfile.mkdtemp(prefix="bench-vm-", dir=cache))
     out = result_dir / "disruption.json"
     command = (
@@ -191,6 +194,10 @@ def run_vm() -> dict[str, Any]:
             tail = [*tail[-30:], line.rstrip()]
         code = proc.wait()
         elapsed = time.monotonic() - started
+        # The guest wrote the file over 9p before it powered off; give the host's view of
+        # the directory a moment rather than read the console (which can lose lines).
+        with contextlib.suppress(TimeoutError):
+            wait_until(out.exists, timeout=10, what="the VM's result file")
         if not out.exists():
             for log_file in sorted(result_dir.rglob("hub-*.log")):
                 print(f"  vm| --- {log_file.name} (tail)", file=sys.stderr)
