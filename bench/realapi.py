@@ -271,7 +271,7 @@ def changes_timed(api: RealApi, peers: Sequence[Peer], work: Path, changes: int)
                 time.sleep(0.002)
             latencies.append(time.perf_counter() - t0)
             time.sleep(0.3)  # quiet for more than a debounce: the next one is isolated
-        return summary(latencies)
+        return {**summary(latencies), "raw_s": latencies}
     finally:
         hub.stop()
         os.environ.pop(JOURNAL_ENV, None)
