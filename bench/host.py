@@ -79,6 +79,9 @@ class Plan:
     latency_size: int
     timeout_base: float = 45.0
     timeout_per_peer: float = 0.03
+    incremental_span_s: float = 0.0
+    """The pairs are spread over at least this long: more than the hub's kernel resync
+    interval (60 s), so that changes are made while a resync reads 10,000 peers."""
     disruption: dict[str, Any] | None = None
     """Parameters of a host (userspace) disruption run; None: the VM does it."""
 
@@ -94,6 +97,7 @@ FULL = Plan(
     floor_repeats=3,
     memory_sizes=(1000, 10000),
     latency_size=100,
+    incremental_span_s=75.0,
 )
 
 QUICK = Plan(
@@ -268,6 +272,7 @@ class SizeRun:
             logged: list[int] = []
             moved: dict[str, str] = {}
             time.sleep(1.0)  # let the burst's last reconcile finish
+            started = time.perf_counter()
             for j in range(samples):
                 a, b = self.peers[2 * j], self.peers[2 * j + 1]
                 new_a, new_b = peer_allowed(2 * j, MOVED_BASE), peer_allowed(2 * j + 1, MOVED_BASE)
@@ -281,7 +286,9 @@ class SizeRun:
                 following.append(done[new_b])
                 for old in (a.allowed, b.allowed):
                     self._wait_gone(probe, index, old)
-                time.sleep(DEFAULT_DEBOUNCE + 0.1)  # a late write shows; the next A is isolated
+                # A late write shows; the next A is isolated; the pairs span a resync.
+                left = self.plan.incremental_span_s - (time.perf_counter() - started)
+                time.sleep(max(DEFAULT_DEBOUNCE + 0.1, left / (samples - j)))
                 routes = monitor.events(hub.ifname, mark)
                 peers = peers_changed(before_dump, wg_dump(hub.ifname))
                 ops.append((routes + peers) / 2)
@@ -300,6 +307,7 @@ class SizeRun:
         )
         return {
             "samples": samples,
+            "span_s": time.perf_counter() - started,
             "latency_s": fol,
             "latencies_s": following,
             "isolated_latency_s": iso,

@@ -504,8 +504,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         started = time.monotonic()
 
         def checkpoint(partial: dict[str, Any]) -> None:
-            partial = {**partial, "duration_s": time.monotonic() - started}
-            args.json.write_text(json.dumps(partial, indent=2))
+            write_result(args.json, {**partial, "duration_s": time.monotonic() - started})
 
         try:
             result = run_disruption(
@@ -526,8 +525,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"--- {log_file.name} (tail)", file=sys.stderr)
                 print(log_file.read_text(errors="replace")[-3000:], file=sys.stderr)
         result["duration_s"] = time.monotonic() - started
-        args.json.write_text(json.dumps(result, indent=2))
+        write_result(args.json, result)
     return 0
+
+
+def write_result(path: Path, result: dict[str, Any]) -> None:
+    """Written whole or not at all, and on the disk before the VM powers off: the host
+    reads this file over 9p after the guest is gone (the console may have lost lines)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w") as fh:
+        fh.write(json.dumps(result, indent=2))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    with contextlib.suppress(OSError):
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    print(f"bench.vm_disruption: result written to {path} ({result.get('status', 'done')})")
 
 
 if __name__ == "__main__":

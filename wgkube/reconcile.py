@@ -12,6 +12,7 @@ reconcile diffs against the kernel and finishes what was left half-applied.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Collection, Sequence
@@ -20,7 +21,14 @@ from typing import Protocol
 
 from wgkube.desired.model import CONFLICT, DesiredState, PeerSpec
 from wgkube.diff.cache import ObservedCache
-from wgkube.diff.model import AddRoute, ObservedState, Operation, UpsertPeer
+from wgkube.diff.model import (
+    AddRoute,
+    ObservedState,
+    Operation,
+    RemovePeer,
+    RemoveRoute,
+    UpsertPeer,
+)
 from wgkube.diff.plan import describe, plan
 from wgkube.domain.errors import KernelError, OperationRejected, RouteConflict, WgKubeError
 from wgkube.domain.keys import PublicKey
@@ -60,6 +68,39 @@ class _Unit:
 
     ops: tuple[Operation, ...]
     peer: PublicKey | None
+
+
+@dataclass
+class Journal:
+    """What the change path applied while a resync was reading the kernel: replayed onto
+    what the read returned, it gives the kernel as it is when the resync applies."""
+
+    ops: list[Operation] = field(default_factory=list)
+    keys: set[PublicKey] = field(default_factory=set)
+    """The peers those changes were about."""
+    broken: bool = False
+    """A reconcile failed or was not clean meanwhile: what landed is not known."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResyncRead:
+    """A resync's kernel read and its full diff, made off the change path."""
+
+    desired: DesiredState
+    """The desired state the diff was made for (a snapshot: it may be behind by now)."""
+    observed: ObservedState
+    ops: tuple[Operation, ...]
+    journal: Journal
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    cache: ObservedCache
+    """The kernel as read, plus what was applied since."""
+    kept: tuple[Operation, ...]
+    """The resync's operations that no change made meanwhile touched."""
+    keys: frozenset[PublicKey]
+    """The peers to diff again, now, against `cache`."""
 
 
 class ReconcileObserver(Protocol):
@@ -102,9 +143,69 @@ class Reconciler:
     """The kernel as of the last clean apply (None: read it). Dropped by any failure."""
     reads: int = 0
     """Kernel reads (observe) made, for the scale tests and the bench."""
+    journal: Journal | None = None
+    """Set while a resync reads the kernel (start_journal): every reconcile adds to it."""
+
+    def start_journal(self) -> Journal:
+        """From now on, what is applied is recorded for the resync about to read."""
+        self.journal = Journal()
+        return self.journal
+
+    async def read_for_resync(self, desired: DesiredState, journal: Journal) -> ResyncRead:
+        """Read the kernel and diff everything against `desired`, without holding up the
+        change path: the read awaits the kernel, the diff of N peers runs in a thread.
+        `journal` must have been started before `desired` was taken and the read began.
+        """
+        applied = dict(self.applied_endpoints)
+        observed = await self.kernel.observe(desired.device.name)
+        self.reads += 1
+        ops = await asyncio.to_thread(plan, desired, observed, applied_endpoints=applied)
+        return ResyncRead(desired, observed, ops, journal)
+
+    async def finish_resync(
+        self, desired: DesiredState, read: ResyncRead, changed: Collection[PublicKey]
+    ) -> tuple[Operation, ...] | None:
+        """Apply a resync read earlier: its diff, minus whatever a change since made stale.
+
+        The read is brought up to date by replaying what the change path applied since it
+        began (`read.journal`); the resync's operations on the peers changed since
+        (`changed`: their desired spec moved on; the journal's: their kernel state did)
+        and on those peers' prefixes are dropped, and those peers are diffed again now,
+        against current desired state and the replayed read. So a change applied during
+        the read is never "repaired" back, and drift elsewhere is repaired as read.
+        None: the read cannot be used (something failed meanwhile, the device went, an
+        operation the cache does not model landed); the caller reconciles in full.
+        """
+        journal = read.journal
+        if self.journal is journal:
+            self.journal = None
+        if journal.broken or not read.observed.exists or desired.peers is None:
+            return None
+        cache = ObservedCache(read.observed)
+        if not cache.replay(journal.ops):
+            return None
+        keys = set(changed) | journal.keys | set(self.refused) | self._retrying
+        nets: set[IPNetwork] = set(self.skipped_routes)
+        for op in journal.ops:
+            if isinstance(op, UpsertPeer):
+                nets.update(op.allowed_ips or ())
+            elif isinstance(op, AddRoute | RemoveRoute):
+                nets.add(op.destination)
+        sources = (read.desired.peers or {}, desired.peers, read.observed.peers, cache.peers)
+        for key in keys:
+            for source in sources:
+                peer = source.get(key)
+                if peer is not None:
+                    nets.update(peer.allowed_ips)
+        kept = tuple(op for op in read.ops if not _concerns(op, keys, nets))
+        return await self.reconcile(desired, prepared=_Prepared(cache, kept, frozenset(keys)))
 
     async def reconcile(
-        self, desired: DesiredState, changed: Collection[PublicKey] | None = None
+        self,
+        desired: DesiredState,
+        changed: Collection[PublicKey] | None = None,
+        *,
+        prepared: _Prepared | None = None,
     ) -> tuple[Operation, ...]:
         """Make the kernel match `desired`.
 
@@ -116,10 +217,23 @@ class Reconciler:
         """
         started = time.monotonic()
         try:
-            ops = await self._reconcile(desired, changed)
+            ops = await self._reconcile(desired, changed, prepared)
             for key in self._retrying:  # taken by the kernel this time
                 self.refused.pop(key, None)
+            # Read after the apply: one begun before a resync started its journal may
+            # have landed after its read began.
+            journal = self.journal
+            if journal is not None:
+                if self.cache is None:  # refused in part: what landed is not replayable
+                    journal.broken = True
+                journal.ops.extend(ops)
+                journal.keys.update(changed or ())
+                journal.keys.update(
+                    op.public_key for op in ops if isinstance(op, UpsertPeer | RemovePeer)
+                )
         except WgKubeError:
+            if self.journal is not None:
+                self.journal.broken = True
             if self.observer is not None:
                 self.observer.reconciled(time.monotonic() - started, None)
             raise
@@ -130,12 +244,28 @@ class Reconciler:
         return ops
 
     async def _reconcile(
-        self, desired: DesiredState, changed: Collection[PublicKey] | None
+        self,
+        desired: DesiredState,
+        changed: Collection[PublicKey] | None,
+        prepared: _Prepared | None = None,
     ) -> tuple[Operation, ...]:
         ifname = desired.device.name
         self._forget_changed(desired)
         cache, self.cache = self.cache, None  # back only after a clean apply
-        if changed is None or cache is None or desired.peers is None:
+        if prepared is not None:
+            # A resync read earlier: its kept operations, and the peers changed since
+            # diffed now against the read brought up to date.
+            cache = prepared.cache
+            observed = cache.state()
+            effective = self._without_refused(desired, observed)
+            again = plan(
+                *cache.narrowed(effective, prepared.keys),
+                applied_endpoints=self.applied_endpoints,
+            )
+            kept = set(prepared.kept)  # the device's own operations come in both
+            ops = prepared.kept + tuple(op for op in again if op not in kept)
+            narrow = False
+        elif changed is None or cache is None or desired.peers is None:
             observed = await self.kernel.observe(ifname)
             self.reads += 1
             cache = ObservedCache(observed) if observed.exists else None
@@ -321,6 +451,15 @@ class Reconciler:
         left = await self._bisect(ifname, units[:mid])
         right = await self._bisect(ifname, units[mid:])
         return left + right
+
+
+def _concerns(op: Operation, keys: Collection[PublicKey], nets: Collection[IPNetwork]) -> bool:
+    """Whether `op` is about one of the peers `keys` or a route to one of `nets`."""
+    if isinstance(op, UpsertPeer | RemovePeer):
+        return op.public_key in keys
+    if isinstance(op, AddRoute | RemoveRoute):
+        return op.destination in nets
+    return False
 
 
 def _units(ops: Sequence[Operation], desired: DesiredState) -> list[_Unit]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tests.operator.conftest import HUB, PREFIX, HubHarness, new_key
 from tests.support.procs import Process, base_env
-from wgkube.testing.apiserver import wait_for
+from wgkube.testing.apiserver import RequestRecord, wait_for
 
 
 def test_kopf_run_serves_the_hub_from_environment_settings(hub: HubHarness) -> None:
@@ -31,4 +31,21 @@ def test_kopf_run_serves_the_hub_from_environment_settings(hub: HubHarness) -> N
         lambda: (hub.api.get("nodes", HUB) or {})["metadata"].get("labels", {}).get(PREFIX + "hub"),
         message="the hub label",
     )
+
+    controls = hub.api.controls
+    if controls is not None:  # the emulator's request log (the real server keeps none)
+        # Kopf's own list and watch of Nodes carry the peer selector, as in `wg-kube hub`.
+        def node_reads() -> list[RequestRecord]:
+            return [
+                r
+                for r in controls.requests
+                if r.resource == "nodes"
+                and r.verb in ("list", "watch")
+                and "fieldSelector" not in r.query
+            ]
+
+        wait_for(
+            lambda: any(r.verb == "watch" for r in node_reads()), message="Kopf's watch of Nodes"
+        )
+        assert {r.query.get("labelSelector") for r in node_reads()} == {PREFIX + "peer=true"}
     assert proc.stop() == 0

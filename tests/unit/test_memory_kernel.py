@@ -280,3 +280,31 @@ async def test_close_is_harmless() -> None:
     kernel = await kernel_with_device()
     await kernel.close()
     assert (await kernel.observe("wg0")).exists
+
+
+async def test_the_journal_gets_one_line_per_operation_applied_and_no_key_material(
+    tmp_path: Path,
+) -> None:
+    journal = tmp_path / "journal.jsonl"
+    kernel = MemoryKernel(journal_path=journal)
+    await kernel.apply(
+        "wg0",
+        [
+            CreateLink("wg0"),
+            ConfigureDevice(private_key=priv("hub"), listen_port=51820),
+            UpsertPeer(P1, allowed_ips=nets("10.0.1.0/24")),
+        ],
+    )
+    await kernel.apply("wg0", [AddRoute(net("10.0.1.0/24"))])
+    lines = [json.loads(line) for line in journal.read_text().splitlines()]
+    assert [line["op"] for line in lines] == [
+        "CreateLink",
+        "ConfigureDevice",
+        "UpsertPeer",
+        "AddRoute",
+    ]
+    assert lines[1]["private_key"] == "(secret)"
+    assert lines[2]["public_key"] == P1.b64
+    assert lines[2]["allowed_ips"] == ["10.0.1.0/24"]
+    assert lines[3]["destination"] == "10.0.1.0/24"
+    assert priv("hub").b64 not in journal.read_text()

@@ -23,6 +23,8 @@ Backend = Literal["auto", "kernel", "userspace", "memory"]
 
 MEMORY_STATE_ENV = "WGKUBE_MEMORY_STATE"
 """With backend `memory`, a JSON file that holds the device (tests and demos)."""
+MEMORY_JOURNAL_ENV = "WGKUBE_MEMORY_JOURNAL"
+"""With backend `memory`, a file each applied operation is appended to as a JSON line."""
 
 
 async def open_kernel(
@@ -40,7 +42,8 @@ async def open_kernel(
         from wgkube.kernel.memory import MemoryKernel
 
         state = os.environ.get(MEMORY_STATE_ENV)
-        return MemoryKernel(Path(state) if state else None)
+        journal = os.environ.get(MEMORY_JOURNAL_ENV)
+        return MemoryKernel(Path(state) if state else None, Path(journal) if journal else None)
     if backend not in ("kernel", "userspace", "auto"):
         raise BackendUnavailable(f"unknown WireGuard backend {backend!r}")
     if not has_net_admin():
@@ -153,6 +156,7 @@ def userspace_unavailable() -> str | None:
 
 __all__ = [
     "MAIN_TABLE",
+    "MEMORY_JOURNAL_ENV",
     "MEMORY_STATE_ENV",
     "ROUTE_PROTOCOL",
     "Backend",

@@ -29,12 +29,15 @@ install(kopf.get_default_registry(), _current, login=False)
 
 
 @kopf.on.startup()
-async def _start(**_: Any) -> None:
-    settings = parse_settings(
+async def _start(settings: kopf.OperatorSettings, **_: Any) -> None:
+    hub_settings = parse_settings(
         HubSettings, [], prog="kopf run -m wgkube.operator.dev", description=""
     )
-    hub = await Hub.start(settings)
+    hub = await Hub.start(hub_settings)
     _running["hub"] = hub
+    # As in `wg-kube hub`: Kopf lists and watches peer Nodes only. Kopf starts watching
+    # after every startup handler has returned, so the selector set here applies.
+    settings.watching.label_selectors["nodes"] = f"{hub_settings.keys.peer}=true"
     if not await hub.announce_until_done(asyncio.Event()):
         raise kopf.PermanentError("cannot announce the hub")
     _tasks.add(asyncio.create_task(hub.loop.run(), name="reconcile loop"))

@@ -72,7 +72,7 @@ def install(
         configure(settings)
         try:
             hub = current()
-        except KeyError:  # `kopf run` (dev): the hub starts later; Kopf watches all Nodes
+        except KeyError:  # `kopf run` (dev): the hub starts later and sets the selector
             return
         settings.watching.label_selectors["nodes"] = f"{hub.settings.keys.peer}=true"
 

@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from wgkube.desired.hub import HubDesired, seniority
 from wgkube.desired.model import INVALID, DeviceSpec, Rejection
 from wgkube.desired.protected import Protected
-from wgkube.domain.annotations import HubRecord
+from wgkube.domain.annotations import HubRecord, PeerRecord
 from wgkube.domain.errors import WgKubeError
 from wgkube.domain.keys import PublicKey
 from wgkube.domain.net import Endpoint, IPNetwork
 from wgkube.operator.registry import PeerRegistry
 from wgkube.operator.relay import HubRelay
-from wgkube.reconcile import Reconciler
+from wgkube.reconcile import Reconciler, ResyncRead
 
 log = logging.getLogger("wgkube.hub")
 
@@ -31,6 +31,7 @@ Guarder = Callable[[], Awaitable[Guard]]
 
 
 Clock = Callable[[], float]
+Changes = dict[str, PeerRecord | None]
 
 
 @dataclass
@@ -121,6 +122,11 @@ class HubLoop:
     _desired: HubDesired | None = None
     _reported: dict[str, Rejection] = field(default_factory=dict)
     _healthy: bool = False
+    _reading: asyncio.Task[tuple[HubDesired, ResyncRead]] | None = None
+    """The resync reading the kernel, while it runs."""
+    _batches: list[Changes] | None = None
+    """The registry's changes taken since that resync took its copy of the Nodes (None:
+    the state was recomputed in full meanwhile, its copy is stale)."""
 
     def wake(self) -> None:
         """A Node changed: apply it at once if nothing else happened for a debounce
@@ -147,44 +153,103 @@ class HubLoop:
         )
         next_kernel = time.monotonic() + kernel_every
         backoff = 0.5
-        while True:
-            timeout = max(0.0, min(next_resync, next_kernel) - time.monotonic())
-            # asyncio.timeout, not wait_for: no extra task for Kopf to wait on at exit.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self._wakeup.wait()
-            relist = time.monotonic() >= next_resync
-            resync = relist or time.monotonic() >= next_kernel
-            if self._wakeup.is_set() and (delay := self.debouncer.delay()):
-                await self.pause(delay)  # gather the burst
-            self._wakeup.clear()
-            self.debouncer.taken()
-            if relist:
+        try:
+            while True:
+                due = min(next_resync, next_kernel)  # inf while a resync reads
+                timeout = None if due == float("inf") else max(0.0, due - time.monotonic())
+                # asyncio.timeout, not wait_for: no extra task for Kopf to wait on at exit.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        await self._wakeup.wait()
+                now = time.monotonic()
+                if self._reading is None and now >= next_kernel:
+                    # A resync reads the kernel and recomputes everything in a task of its
+                    # own: the changes that arrive meanwhile are applied as they come.
+                    relist = now >= next_resync
+                    self._reading = asyncio.create_task(self._read(relist=relist))
+                    self._reading.add_done_callback(lambda _: self._wakeup.set())
+                    next_kernel = float("inf")
+                    if relist:
+                        next_resync = float("inf")
+                    continue
+                finish = self._reading is not None and self._reading.done()
+                if self._wakeup.is_set() and (delay := self.debouncer.delay()):
+                    await self.pause(delay)  # gather the burst
+                self._wakeup.clear()
+                self.debouncer.taken()
                 try:
-                    await self.relist()
+                    if finish:
+                        await self._finish_resync()
+                    else:
+                        # Only what changed is computed and diffed (against what was
+                        # applied); a resync recomputes everything against the kernel.
+                        await self.reconcile_once(full=False)
                 except WgKubeError as exc:
-                    log.warning("resync: cannot list Nodes (%s); keeping the current peers", exc)
-            if resync:
-                # What the kernel refused is tried once more: the cause may have gone.
-                self.reconciler.retry_refused()
-                await self._guard()
+                    self.stats.failures += 1
+                    self._healthy = False
+                    log.error("reconcile failed: %s; retrying in %.1fs", exc, backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 30.0)
+                    self.wake()
+                    continue
+                finally:
+                    if finish:
+                        # Timed from its end, failed or not: a failure is retried by
+                        # the change path's backoff, which reads the kernel itself.
+                        next_kernel = time.monotonic() + kernel_every
+                        if next_resync == float("inf"):
+                            next_resync = time.monotonic() + self.resync_interval
+                backoff = 0.5
+        finally:
+            if self._reading is not None:
+                self._reading.cancel()
+                with contextlib.suppress(asyncio.CancelledError, WgKubeError):
+                    await self._reading
+
+    async def _read(self, *, relist: bool) -> tuple[HubDesired, ResyncRead]:
+        """A resync's slow half: relist (when due), recompute the whole desired state (in
+        a thread) and read and diff the kernel. Nothing is applied here: the loop applies
+        it (`_finish_resync`) together with what changed meanwhile."""
+        if relist:
             try:
-                # Between resyncs only what changed is computed and diffed (against what
-                # was applied); a resync recomputes everything against the kernel.
-                await self.reconcile_once(full=resync)
+                await self.relist()
             except WgKubeError as exc:
-                self.stats.failures += 1
-                self._healthy = False
-                log.error("reconcile failed: %s; retrying in %.1fs", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
-                self.wake()
-                continue
-            backoff = 0.5
-            if relist:
-                next_resync = time.monotonic() + self.resync_interval
-            if resync:
-                next_kernel = time.monotonic() + kernel_every
+                log.warning("resync: cannot list Nodes (%s); keeping the current peers", exc)
+        await self._guard()
+        # From here on the loop records what it takes and applies, for _finish_resync.
+        self._batches = []
+        journal = self.reconciler.start_journal()
+        records = self.registry.records()
+        guarded, hubs = self.guarded, self.hubs
+        fresh = await asyncio.to_thread(self._fresh, records, guarded, hubs)
+        read = await self.reconciler.read_for_resync(fresh.state(), journal)
+        return fresh, read
+
+    def _fresh(
+        self, records: list[PeerRecord], guarded: Guard, hubs: tuple[HubRecord, ...]
+    ) -> HubDesired:
+        state = HubDesired(
+            self.device, persistent_keepalive=self.persistent_keepalive, peer_cidrs=self.peer_cidrs
+        )
+        state.reset(records, protected=guarded[0], learned_endpoints=guarded[1], hubs=hubs)
+        return state
+
+    async def _finish_resync(self) -> None:
+        task, self._reading = self._reading, None
+        batches, self._batches = self._batches, None
+        assert task is not None
+        # What the kernel refused is tried once more: the cause may have gone.
+        self.reconciler.retry_refused()
+        try:
+            fresh, read = task.result()
+        except WgKubeError as exc:
+            log.warning("resync: cannot read the kernel (%s); reading it in the loop", exc)
+            await self.reconcile_once(full=True)
+            return
+        if batches is None or fresh.hubs != self.hubs:
+            await self.reconcile_once(full=True)  # recomputed in full meanwhile
+            return
+        await self.reconcile_once(full=True, resync=(fresh, read, batches))
 
     async def _first_list(self) -> None:
         """Nothing is reconciled before one complete list of Nodes: until then the kernel
@@ -210,14 +275,28 @@ class HubLoop:
         except WgKubeError as exc:
             log.warning("cannot read the addresses to protect (%s); keeping the last set", exc)
 
-    async def reconcile_once(self, *, full: bool = True) -> None:
+    async def reconcile_once(
+        self,
+        *,
+        full: bool = True,
+        resync: tuple[HubDesired, ResyncRead, list[Changes]] | None = None,
+    ) -> None:
         """One reconcile. `full`: desired state recomputed from every Node and diffed
         against the kernel as read; else only the Nodes changed since the last one, diffed
-        against what was applied (the first reconcile is always full)."""
+        against what was applied (the first reconcile is always full). `resync`: a full
+        one whose recomputation and kernel read were made earlier (`_read`)."""
         started = time.monotonic()
         state = self._desired
         changed = None
-        if full or state is None or state.hubs != self.hubs:
+        read = None
+        if resync is not None:
+            state, read, batches = resync
+            changed = set()
+            for batch in [*batches, self.registry.take_changes()]:
+                changed |= state.update(batch)
+            self._desired = state
+        elif full or state is None or state.hubs != self.hubs:
+            self._batches = None  # a resync in flight recomputed from an older start
             state = self._desired = HubDesired(
                 self.device,
                 persistent_keepalive=self.persistent_keepalive,
@@ -231,17 +310,33 @@ class HubLoop:
                 hubs=self.hubs,
             )
         else:
-            changed = state.update(self.registry.take_changes())
+            batch = self.registry.take_changes()
+            if self._batches is not None:
+                self._batches.append(batch)
+            changed = state.update(batch)
         desired = state.state()
         rejections = state.rejections()
         rejections += [
             Rejection(e.ref.name, INVALID, e.error or "") for e in self.registry.invalid()
         ]
         try:
-            if self.relay is not None:
+            if self.relay is not None and not self.relay.alone():
+                if read is not None:
+                    # Routes move between devices outside the reconciler: with relays a
+                    # resync is a full diff in the loop, and the read is dropped.
+                    if self.reconciler.journal is read.journal:
+                        self.reconciler.journal = None
+                    full = True
                 ops = await self.relay.reconcile(desired, None if full else changed)
-            else:
+            elif read is None:
                 ops = await self.reconciler.reconcile(desired, None if full else changed)
+            else:
+                finished = await self.reconciler.finish_resync(desired, read, changed or ())
+                if finished is None:
+                    # The read is unusable (something failed meanwhile): read it again.
+                    ops = await self.reconciler.reconcile(desired)
+                else:
+                    ops = finished
         finally:
             # Also after a failed reconcile: the peers it refused before failing are known.
             rejections += self._refused()

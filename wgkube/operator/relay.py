@@ -138,6 +138,10 @@ class HubRelay:
         self.hub_keys = frozenset(h.public_key for h in others)
         self.hubs = {n: p for n, p in self.hubs.items() if n in linked}
 
+    def alone(self) -> bool:
+        """The main device alone, as with one hub: the loop may reconcile it directly."""
+        return self._told and not self.links and not self._prune
+
     def link(self, hub: str) -> RelayLink | None:
         return next((link for link in self.links if link.hub == hub), None)
 
