@@ -1,11 +1,16 @@
 """Observability of a real hub and spokes over real WireGuard (wireguard-go on the host,
 marker `userspace`; the kernel's inside the test VM, marker `kernel`): /metrics, Events,
-conditions, `wg-kube status`, while one spoke's WireGuard underlay is cut and restored."""
+conditions, `wg-kube status`, while one spoke's WireGuard underlay is cut and restored.
+
+Two underlays (wgkube.testing.lab `make_internet`, `place`): every node is on the node
+network, where the API server and the metrics are, and on a second bridge standing for the
+internet, which carries WireGuard (the hub's endpoint is its ExternalIP there, each spoke's
+its address there). So `ip link set eth1 down` in a spoke's namespace cuts its tunnel and
+nothing else: the spoke still writes its condition over eth0."""
 
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
 import time
 import urllib.request
@@ -17,8 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.system.test_hub_and_spokes import skip_unless
 from wgkube.observe.status import render_status
-from wgkube.testing.lab import HUB_WG, SLOW, Lab, Node
-from wgkube.testing.netns import NetNS
+from wgkube.testing.lab import HUB_WG, SLOW, UNDERLAY, Lab, Node
 
 PREFIX = "wireguard.kube/"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -79,6 +83,8 @@ async def lab(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[L
             "WG_HEALTH_KEEPALIVE": "1",
             "WG_HEALTH_INTERVAL": "0.5",
             "WG_METRICS_ADDRESS": "{ip}:9799",
+            # WireGuard over the internet side (eth1); the API over the node network.
+            "WG_ENDPOINT": "{public}",
         },
     )
     try:
@@ -96,29 +102,12 @@ def promtool_check(text: str) -> str:
     return "" if proc.returncode == 0 else proc.stdout + proc.stderr
 
 
-def cut_wireguard(spoke: Node, cut: bool) -> None:
-    """Drop the spoke's WireGuard UDP in its namespace. Not `ip link set eth0 down`: the
-    API server is reached over the same underlay, and the spoke must still be able to
-    write its condition while the tunnel is cut."""
-    ns = NetNS(spoke.ns)
-    if cut:
-        script = (
-            "table inet wgkcut {\n"
-            " chain out { type filter hook output priority 0; udp dport 51820 drop; }\n"
-            " chain in { type filter hook input priority 0; udp sport 51820 drop; }\n"
-            "}\n"
-        )
-        subprocess.run(
-            ["ip", "netns", "exec", ns.name, "nft", "-f", "-"],
-            input=script,
-            text=True,
-            check=True,
-        )
-    else:
-        subprocess.run(
-            ["ip", "netns", "exec", ns.name, "nft", "delete", "table", "inet", "wgkcut"],
-            check=True,
-        )
+def set_wireguard_link(spoke: Node, up: bool) -> None:
+    """`ip link set eth1 down|up` in the spoke's namespace: eth1 is the spoke's leg on the
+    internet bridge, which only its WireGuard traffic uses."""
+    subprocess.run(
+        ["ip", "-n", spoke.ns, "link", "set", "eth1", "up" if up else "down"], check=True
+    )
 
 
 @pytest.mark.parametrize(
@@ -133,18 +122,17 @@ async def test_metrics_events_conditions_and_status_follow_a_cut_and_restored_sp
     lab: Lab,
 ) -> None:
     await skip_unless(lab.backend)
-    if shutil.which("nft") is None:
-        pytest.skip("nft is not installed")
     lab.make_bridge()
+    lab.make_internet()
     lab.start_api(in_process=True)
     api = lab.api
     assert api is not None
-    hub = Node("hub", "hub", 1)
-    lab.add_node(hub)
+    hub = Node("hub", "hub", 1, site="both")
+    lab.place(hub, api_address=f"{UNDERLAY}.254")
     lab.start_process(hub)
-    spokes = [Node(f"spoke-{i}", "spoke", 10 + i) for i in (1, 2)]
+    spokes = [Node(f"spoke-{i}", "spoke", 10 + i, site="both") for i in (1, 2)]
     for spoke in spokes:
-        lab.add_node(spoke)
+        lab.place(spoke, api_address=f"{UNDERLAY}.254")
         lab.start_process(spoke)
     for spoke in spokes:
         await lab.wait_handshake(spoke, hub, within=60 * SLOW)
@@ -195,7 +183,7 @@ async def test_metrics_events_conditions_and_status_follow_a_cut_and_restored_sp
 
     # Cut the tunnel of one spoke: down on the hub, an Event, the spoke's condition False.
     other_states: list[str | None] = []
-    cut_wireguard(cut, True)
+    set_wireguard_link(cut, up=False)
     try:
 
         async def down_everywhere() -> bool:
@@ -218,7 +206,7 @@ async def test_metrics_events_conditions_and_status_follow_a_cut_and_restored_sp
 
         await until("wg-kube status shows the cut spoke down", status_shows_down, within=15)
     finally:
-        cut_wireguard(cut, False)
+        set_wireguard_link(cut, up=True)
 
     async def up_again() -> bool:
         other_states.append(hub_state(other.name))
