@@ -28,10 +28,8 @@ def status(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_status_works_with_the_viewer_role_alone_and_is_refused_without(
-    real_api_server: ControlPlane,
-) -> None:
-    plane = real_api_server
+def bind_viewer(plane: ControlPlane) -> str:
+    """Apply the shipped viewer role and bind a new user to it alone; the user's name."""
     applied = plane.kubectl("apply", "-f", str(VIEWER))
     assert applied.returncode == 0, applied.stderr
     user = f"viewer-{uuid.uuid4().hex[:6]}"
@@ -43,6 +41,14 @@ def test_status_works_with_the_viewer_role_alone_and_is_refused_without(
         f"--user={user}",
     )
     assert bound.returncode == 0, bound.stderr
+    return user
+
+
+def test_status_works_with_the_viewer_role_alone_and_is_refused_without(
+    real_api_server: ControlPlane,
+) -> None:
+    plane = real_api_server
+    user = bind_viewer(plane)
     ok = status(plane.kubeconfig_for(user, groups=()), "-o", "json")
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.strip().startswith("[")
@@ -55,17 +61,7 @@ def test_the_viewer_role_reads_the_hub_announcement_by_name_and_no_other_config_
     real_api_server: ControlPlane,
 ) -> None:
     plane = real_api_server
-    applied = plane.kubectl("apply", "-f", str(VIEWER))
-    assert applied.returncode == 0, applied.stderr
-    user = f"viewer-{uuid.uuid4().hex[:6]}"
-    bound = plane.kubectl(
-        "create",
-        "clusterrolebinding",
-        user,
-        "--clusterrole=wg-kube-status-viewer",
-        f"--user={user}",
-    )
-    assert bound.returncode == 0, bound.stderr
+    user = bind_viewer(plane)
 
     def can(*what: str) -> str:
         return plane.kubectl("auth", "can-i", *what, "--as", user).stdout.strip()
