@@ -8,7 +8,7 @@ import functools
 import ipaddress
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -213,12 +213,18 @@ class Hub:
     _publish: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
-    async def start(cls, settings: HubSettings) -> Hub:
-        """Key and device first: the interface exists (adopted or created) before any API call."""
+    async def start(cls, settings: HubSettings, *, keep_addresses: bool = False) -> Hub:
+        """Key and device: the interface exists (adopted or created) before Kopf starts.
+        `keep_addresses`: this hub's own address is not known (its Node could not be
+        read), so an existing device keeps the addresses it has."""
         key = load_key(settings)
         kernel = await open_kernel(settings.backend, route_protocol=settings.route_protocol)
         log.info("WireGuard backend: %s", kernel.name)
         device = device_spec(settings, key)
+        if keep_addresses:
+            observed = await kernel.observe(settings.interface)
+            if observed.exists and observed.addresses:
+                device = replace(device, addresses=tuple(sorted(observed.addresses, key=str)))
         peers = PeerRegistry(
             settings.keys, settings.node_name, max_prefixes=settings.max_peer_prefixes
         )

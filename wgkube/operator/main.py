@@ -62,10 +62,16 @@ async def serve(settings: HubSettings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
-    settings = await own_node_settings(settings)
-    hub = await Hub.start(settings)
+    own = await own_node_settings(settings)
+    hub = await Hub.start(own or settings, keep_addresses=own is None)
     try:
         await check_api(hub.api, settings.kubeconfig, settings.node_name)
+        later = None if own is not None else await own_node_settings(settings)
+        if later is not None and set(later.address) != set(hub.loop.device.addresses):
+            raise SetupError(
+                f"node {settings.node_name}: the API server answered only after the device "
+                "was set up, without this hub's own address: start again"
+            )
     except BaseException:
         await hub.close()
         raise
@@ -110,12 +116,23 @@ async def serve(settings: HubSettings) -> None:
         await hub.close()
 
 
-async def own_node_settings(settings: HubSettings) -> HubSettings:
+async def own_node_settings(settings: HubSettings) -> HubSettings | None:
     """The settings with this hub's own address and priority from its Node's annotations
     (HubSettings.for_node), read before the device is touched: a hub must never come up
     on another hub's address. A Node not registered yet has none (a warning)."""
-    async with await Api.connect(settings.kubeconfig) as api:
-        await check_api(api, settings.kubeconfig, settings.node_name)
+    try:
+        connected = await Api.connect(settings.kubeconfig)
+    except SetupError:
+        return None  # the same error ends the start after the local checks
+    async with connected as api:
+        try:
+            await check_api(api, settings.kubeconfig, settings.node_name)
+        except SetupError as exc:
+            # The API cannot tell this hub its own address (None): the local checks
+            # (key, kernel, device) still come first, on the device's addresses as they
+            # are, and the same API check after them ends the start with its one line.
+            log.warning("cannot read node %s first: %s", settings.node_name, exc)
+            return None
         try:
             node = await api.get_node(settings.node_name)
         except KubeApiError as exc:
