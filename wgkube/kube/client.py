@@ -15,11 +15,15 @@ from typing import Any
 
 import aiohttp
 import yaml
-from kubernetes_asyncio import client, config
-from kubernetes_asyncio.client.exceptions import ApiException
-from kubernetes_asyncio.config.config_exception import ConfigException
 
 from wgkube.domain.errors import ApiError, KubeconfigError
+from wgkube.kube import lean
+
+lean.install()  # before the first import of kubernetes_asyncio: see wgkube.kube.lean
+from kubernetes_asyncio import client, config  # noqa: E402
+from kubernetes_asyncio.client import Configuration as Configuration  # noqa: E402
+from kubernetes_asyncio.client.exceptions import ApiException  # noqa: E402
+from kubernetes_asyncio.config.config_exception import ConfigException  # noqa: E402
 
 log = logging.getLogger("wgkube.kube")
 
@@ -43,9 +47,9 @@ class Gone(KubeApiError):
     """A watch's resourceVersion is too old (HTTP 410): list again."""
 
 
-async def load_configuration(kubeconfig: Path | None) -> client.Configuration:
+async def load_configuration(kubeconfig: Path | None) -> Configuration:
     """An explicit kubeconfig, else in-cluster credentials; never $KUBECONFIG implicitly."""
-    configuration = client.Configuration()
+    configuration = Configuration()
     if kubeconfig is not None:
         check_kubeconfig(kubeconfig)
         try:
@@ -99,7 +103,7 @@ class Api:
         return cls.from_configuration(await load_configuration(kubeconfig))
 
     @classmethod
-    def from_configuration(cls, configuration: client.Configuration) -> Api:
+    def from_configuration(cls, configuration: Configuration) -> Api:
         return cls(client.ApiClient(configuration))
 
     @property

@@ -12,8 +12,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from kubernetes_asyncio import client
-
 from wgkube.desired.model import DesiredState, DeviceSpec, Rejection
 from wgkube.desired.protected import api_server_protected, host_protected
 from wgkube.desired.relay import RelayPolicy, relay_ports
@@ -32,7 +30,7 @@ from wgkube.domain.keys import PrivateKey, load_private_key
 from wgkube.kernel import Kernel, open_kernel
 from wgkube.kernel.base import RtnlBackedKernel
 from wgkube.kube.address import api_server_addresses
-from wgkube.kube.client import Api, Forbidden, KubeApiError, load_configuration
+from wgkube.kube.client import Api, Configuration, Forbidden, KubeApiError, load_configuration
 from wgkube.kube.watch import follow_config_map, follow_nodes
 from wgkube.observe.book import HealthBook
 from wgkube.observe.metrics import Metrics, thresholds
@@ -199,7 +197,7 @@ class Hub:
     settings: HubSettings
     key: PrivateKey
     kernel: Kernel
-    configuration: client.Configuration
+    configuration: Configuration
     api: Api
     peers: PeerRegistry
     loop: HubLoop

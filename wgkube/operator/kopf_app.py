@@ -19,13 +19,12 @@ from collections.abc import Callable
 from typing import Any
 
 import kopf
-from kubernetes_asyncio import client
 
-from wgkube.kube.client import KubeApiError
+from wgkube.kube.client import Configuration, KubeApiError
 from wgkube.operator.hub import Hub
 
 
-async def connection_info(configuration: client.Configuration) -> kopf.ConnectionInfo:
+async def connection_info(configuration: Configuration) -> kopf.ConnectionInfo:
     """Kopf logs in with exactly the credentials our own client uses."""
     header: Any = configuration.get_api_key_with_prefix("BearerToken")
     if inspect.isawaitable(header):
