@@ -16,6 +16,7 @@ These methods must be called in the emulator's event loop thread.
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import copy
 import datetime
@@ -71,6 +72,10 @@ _GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 
 def now_rfc3339() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+MAX_PAGED_LISTS = 64
+"""Paginated lists kept for their `continue` token (the oldest is forgotten first)."""
 
 
 class ApiStatusError(Exception):
@@ -322,6 +327,10 @@ class KubeApiEmulator(kmock.KubernetesScaffold):
         self._rv = 0
         self._compacted = 0  # changes up to this resourceVersion are no longer replayable
         self._history: collections.deque[_Change] = collections.deque()
+        self._pages: collections.OrderedDict[str, tuple[int, list[Obj]]] = collections.OrderedDict()
+        """Paginated lists in progress: continue token -> (the list's resourceVersion,
+        the rest of its snapshot). Stored objects are replaced on every write, never
+        changed in place, so the references are the snapshot."""
         self._store: dict[StorageKey, dict[tuple[str | None, str], Obj]] = {}
         self._watches: set[_Watch] = set()
         for namespace in DEFAULT_NAMESPACES:
@@ -1094,9 +1103,50 @@ class KubeApiEmulator(kmock.KubernetesScaffold):
         }
 
     def _serve_list(self, target: _Target, query: Mapping[str, str]) -> Obj:
-        labels, fields = self._selectors(query)
-        items = [self._render(target, obj) for obj in self._select(target, labels, fields)]
-        return self._list_body(target, items)
+        """A list, paginated as kube-apiserver does: `limit` answers that many with a
+        `continue` token, and the pages that follow come from the first page's snapshot
+        (its resourceVersion). With resourceVersion=0 (served from the watch cache) the
+        limit is ignored, as kube-apiserver v1.37 does; a token older than a compaction
+        is 410 Expired."""
+        token = query.get("continue", "")
+        if token:
+            try:
+                json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+            except ValueError as exc:
+                raise ApiStatusError(
+                    400, "BadRequest", f"continue key is not valid: {exc}"
+                ) from None
+            if token not in self._pages or self._pages[token][0] < self._compacted:
+                self._pages.pop(token, None)
+                raise ApiStatusError(
+                    410,
+                    "Expired",
+                    "The provided continue parameter is too old to display a consistent "
+                    "list result. You can start a new list without the continue parameter.",
+                )
+            rv, rest = self._pages.pop(token)
+        else:
+            labels, fields = self._selectors(query)
+            rv, rest = self._rv, self._select(target, labels, fields)
+        try:
+            limit = int(query.get("limit") or 0)
+        except ValueError as exc:
+            raise ApiStatusError(400, "BadRequest", f"invalid limit {query['limit']!r}") from exc
+        if query.get("resourceVersion") == "0" and not token:
+            limit = 0
+        page, rest = (rest[:limit], rest[limit:]) if limit > 0 else (rest, [])
+        body = self._list_body(target, [self._render(target, obj) for obj in page])
+        body["metadata"]["resourceVersion"] = str(rv)
+        if rest:
+            # Shaped as kube-apiserver's (base64 JSON); the uid makes each one unique.
+            key = {"v": "meta.k8s.io/v1", "rv": rv, "start": page[-1]["metadata"]["name"]}
+            key["uid"] = uuid.uuid4().hex
+            following = base64.urlsafe_b64encode(json.dumps(key).encode()).decode().rstrip("=")
+            self._pages[following] = (rv, rest)
+            while len(self._pages) > MAX_PAGED_LISTS:
+                self._pages.popitem(last=False)
+            body["metadata"]["continue"] = following
+        return body
 
     def _bookmark(self, target: _Target, *, initial_end: bool = False) -> Obj:
         meta: Obj = {"resourceVersion": str(self._rv)}
