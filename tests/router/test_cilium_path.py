@@ -219,7 +219,9 @@ async def path(
             for node in (hub, *spokes[:2]):
                 lab.start_process(node)
             for spoke in spokes[:2]:
-                await until(f"{spoke.name} reaches the hub", _reaches(spoke, HUB_WG), 60)
+                # 120 (600 s in the VM): there the hub's and spokes' processes start beside the
+                # control plane in an emulated guest, 1-3 minutes each; on the host a few s.
+                await until(f"{spoke.name} reaches the hub", _reaches(spoke, HUB_WG), 120)
             yield Path_(lab, plane, admin, hub, nodes, spokes)
             await lab.close_kernels()
             lab.clean()
