@@ -1124,7 +1124,9 @@ class KubeApiEmulator(kmock.KubernetesScaffold):
                     "The provided continue parameter is too old to display a consistent "
                     "list result. You can start a new list without the continue parameter.",
                 )
-            rv, rest = self._pages.pop(token)
+            # Not consumed: a client may send the same token again (a retried request).
+            self._pages.move_to_end(token)
+            rv, rest = self._pages[token]
         else:
             labels, fields = self._selectors(query)
             rv, rest = self._rv, self._select(target, labels, fields)
