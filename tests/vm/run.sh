@@ -4,17 +4,12 @@
 # Usage: tests/vm/run.sh [pytest args...]      (default: the whole `tests` tree, -m kernel)
 #        WGKUBE_VM_CMD='...' tests/vm/run.sh   (run a shell command in the guest instead)
 #
-# KVM hangs on this host, so the guest is emulated (TCG). Measured on this 2-core host
-# (shared with other builds, load 4-9): the guest reaches its first command 23-40 s
-# after boot; the kernel suite (30 tests of tests/kernel, plus collecting the whole
-# tree) took 197-434 s inside, 283-561 s wall clock for the whole run. The kernel
-# variants of the system tests on the real control plane and of monitoring and
-# failover (tests/trust, tests/observe, tests/ha, tests/system) take 100-300 s each, and
-# the Cilium path's three (tests/router, control plane in the guest) ~10-17 min, most of
-# it the wg-kube processes starting in the emulated guest (about a minute each since
-# kubernetes-asyncio's generated modules are deferred: wgkube.kube.lean). The whole
-# suite, 52 kernel tests: 1995 s wall clock on a quiet host (49 tests without the
-# Cilium path took 2019 s before the deferred imports).
+# KVM hangs on this host, so the guest is emulated (TCG). Measured on this 2-core host:
+# the guest reaches its first command 16-40 s after boot; unpacking the Python runtime
+# into RAM (prepare_runtime below) takes 16-20 s of it. The whole suite, 52 kernel tests,
+# took 985 s wall clock on a quiet host (16 min; 1995 s with Python over 9p). Slowest:
+# the Cilium path's three (tests/router, control plane in the guest, ~4 min together),
+# failover (85 s), the system tests on the real control plane and monitoring (40-110 s).
 # The kernel is booted once for the whole suite; the checkout is shared read-write
 # over 9p so the venv runs as is and the results come back.
 set -euo pipefail
@@ -23,9 +18,10 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 VNG=${VNG:-$ROOT/.venv/bin/vng}
 # vng runs its helpers (virtme-run, virtme-init) from PATH.
 export PATH="$ROOT/.venv/bin:$PATH"
-# 60 min: the whole suite took ~35 min on this host under load; CI allows 90 for everything.
+# 60 min: the whole suite took ~35 min under load before the runtime went into RAM; CI allows 90.
 TIMEOUT=${WGKUBE_VM_TIMEOUT:-3600}
-MEMORY=${WGKUBE_VM_MEMORY:-2G}
+# 3G: the runtime unpacked into RAM takes ~180 MB of it (guest.sh).
+MEMORY=${WGKUBE_VM_MEMORY:-3G}
 
 die() { echo "tests/vm/run.sh: $*" >&2; exit 2; }
 
@@ -48,6 +44,33 @@ trap 'rm -rf "$RESULT"' EXIT
 for name in WGKUBE_CONTROLPLANE_BIN CI; do
   if [[ -n "${!name:-}" ]]; then printf 'export %s=%q\n' "$name" "${!name}" >>"$RESULT/env"; fi
 done
+
+# Python start-up dominates the suite in the emulated guest: over 9p, `import
+# wgkube.operator.main` took 65-95 s (sys 30 s of it in the 9p client), and every
+# module of the checkout was compiled anew (the guest writes no bytecode). So the
+# checkout's bytecode is written here, pytest's rewritten test modules included (it
+# reads them even when it may not write them), and the interpreter's standard library
+# and the venv's packages go into the guest as two archives that guest.sh unpacks into
+# RAM (one sequential 9p read, ~20 s) and mounts over their own paths: 37 s.
+prepare_runtime() {
+  local py=$ROOT/.venv/bin/python stdlib purelib
+  PYTHONDONTWRITEBYTECODE='' "$py" -m compileall -q -j 0 "$ROOT/wgkube" "$ROOT/tests" "$ROOT/bench" >/dev/null \
+    || echo "tests/vm/run.sh: compileall failed; the guest compiles what it imports" >&2
+  (cd "$ROOT" && PYTHONDONTWRITEBYTECODE='' "$py" -m pytest --collect-only -q -m kernel \
+    -o addopts="" -p no:cacheprovider tests >/dev/null 2>&1) \
+    || echo "tests/vm/run.sh: collecting on the host failed; the guest rewrites the test modules" >&2
+  stdlib=$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')
+  purelib=$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  # Left on 9p (guest.sh links them): what no test imports, and optimised bytecode.
+  tar -cf "$RESULT/stdlib.tar" -C "$stdlib" --exclude='*.opt-[12].pyc' --exclude=./test \
+    --exclude=./site-packages --exclude='./config-*' --exclude=./idlelib --exclude=./tkinter \
+    --exclude=./lib2to3 --exclude=./ensurepip .
+  tar -cf "$RESULT/purelib.tar" -C "$purelib" --exclude='*.opt-[12].pyc' \
+    --exclude=./kubernetes_validate --exclude='./*__mypyc*' --exclude=./mypy --exclude=./mypyc \
+    --exclude=./pip --exclude=./setuptools --exclude=./grimp .
+  printf '%s\t%s\n' stdlib "$stdlib" purelib "$purelib" >"$RESULT/runtime"
+}
+prepare_runtime
 
 echo "tests/vm/run.sh: booting $KERNEL (TCG, timeout ${TIMEOUT}s)"
 start=$(date +%s%N)
