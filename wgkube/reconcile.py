@@ -266,7 +266,9 @@ class Reconciler:
             ops = prepared.kept + tuple(op for op in again if op not in kept)
             narrow = False
         elif changed is None or cache is None or desired.peers is None:
-            observed = await self.kernel.observe(ifname)
+            # Peers left untouched (None): the device alone is read, not its peers
+            # and routes (a hub's start-up, before it knows any Node).
+            observed = await self.kernel.observe(ifname, device_only=desired.peers is None)
             self.reads += 1
             cache = ObservedCache(observed) if observed.exists else None
             effective = self._without_refused(desired, observed)

@@ -352,6 +352,20 @@ async def test_applying_the_plan_leaves_nothing_to_do(harness: Harness) -> None:
     assert kernel.writes == writes
 
 
+async def test_a_device_only_read_gives_the_device_as_a_full_read_and_no_peers_nor_routes(
+    harness: Harness,
+) -> None:
+    kernel = harness.adapter()
+    await converge(kernel, full_state(harness))
+    full = await kernel.observe(harness.ifname)
+    assert full.peers
+    assert full.routes
+    alone = await kernel.observe(harness.ifname, device_only=True)
+    assert alone == dataclasses.replace(full, peers={}, routes=frozenset())
+    # With peers left untouched, the device-only read plans nothing either.
+    assert plan(DesiredState(device=device(harness), peers=None), alone) == ()
+
+
 async def test_a_restarted_adapter_adopts_the_device_without_writing(harness: Harness) -> None:
     first = harness.adapter()
     await converge(first, full_state(harness))

@@ -109,8 +109,8 @@ class FaultyKernel:
     def writes(self, value: int) -> None:
         self.inner.writes = value
 
-    async def observe(self, ifname: str) -> ObservedState:
-        return await self.inner.observe(ifname)
+    async def observe(self, ifname: str, *, device_only: bool = False) -> ObservedState:
+        return await self.inner.observe(ifname, device_only=device_only)
 
     async def peers(self, ifname: str) -> Mapping[PublicKey, ObservedPeer] | None:
         return await self.inner.peers(ifname)

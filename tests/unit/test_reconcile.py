@@ -12,7 +12,7 @@ import pytest
 
 from tests.unit.builders import ep, iface, nets, priv
 from wgkube.desired.model import DesiredState, DeviceSpec, PeerSpec
-from wgkube.diff.model import ABSENT, Operation
+from wgkube.diff.model import ABSENT, AddAddress, ObservedState, Operation, RemoveAddress
 from wgkube.diff.plan import describe, plan
 from wgkube.domain.errors import KernelError
 from wgkube.domain.keys import PublicKey
@@ -55,6 +55,29 @@ async def test_a_reconcile_applies_the_plan_and_returns_its_operations() -> None
     assert ops == plan(DESIRED, ABSENT)
     assert kernel.writes == len(ops)
     assert plan(DESIRED, await kernel.observe("wg0")) == ()
+
+
+class ReadRecordingKernel(MemoryKernel):
+    def __init__(self) -> None:
+        super().__init__()
+        self.device_only: list[bool] = []
+
+    async def observe(self, ifname: str, *, device_only: bool = False) -> ObservedState:
+        self.device_only.append(device_only)
+        return await super().observe(ifname, device_only=device_only)
+
+
+async def test_peers_left_untouched_read_the_device_alone_and_keep_the_peers() -> None:
+    kernel = ReadRecordingKernel()
+    reconciler = Reconciler(kernel)
+    await reconciler.reconcile(DESIRED)
+    moved = replace(DEVICE, addresses=(iface("100.96.0.2/24"),))
+    ops = await Reconciler(kernel).reconcile(DesiredState(device=moved, peers=None))
+    assert kernel.device_only == [False, True]
+    assert ops == (AddAddress(iface("100.96.0.2/24")), RemoveAddress(iface("100.96.0.1/24")))
+    after = await kernel.observe("wg0")
+    assert set(after.peers) == {P1, P2}
+    assert after.routes == DESIRED.routes
 
 
 async def test_a_second_reconcile_writes_nothing() -> None:

@@ -33,8 +33,8 @@ class GatedKernel(CountingKernel):
         self.reading = asyncio.Event()
         self.release = asyncio.Event()
 
-    async def observe(self, ifname: str) -> ObservedState:
-        seen = await super().observe(ifname)
+    async def observe(self, ifname: str, *, device_only: bool = False) -> ObservedState:
+        seen = await super().observe(ifname, device_only=device_only)
         if self.hold:
             self.reading.set()
             await self.release.wait()

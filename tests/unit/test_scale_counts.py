@@ -54,9 +54,9 @@ class CountingKernel(MemoryKernel):
         self.observes = 0
         self.ops = 0
 
-    async def observe(self, ifname: str) -> ObservedState:
+    async def observe(self, ifname: str, *, device_only: bool = False) -> ObservedState:
         self.observes += 1
-        return await super().observe(ifname)
+        return await super().observe(ifname, device_only=device_only)
 
     async def apply(self, ifname: str, ops: Sequence[Operation]) -> None:
         self.ops += len(ops)

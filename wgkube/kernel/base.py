@@ -76,7 +76,7 @@ class RtnlBackedKernel:
         raise NotImplementedError
 
     # -- the port ------------------------------------------------------------------------
-    async def observe(self, ifname: str) -> ObservedState:
+    async def observe(self, ifname: str, *, device_only: bool = False) -> ObservedState:
         link = await self.rtnl.link(ifname)
         if link is None:
             return ABSENT
@@ -92,8 +92,12 @@ class RtnlBackedKernel:
             private_key=wg.private_key,
             listen_port=wg.listen_port,
             fwmark=wg.fwmark,
-            peers=wg.peers,
-            routes=await self.rtnl.routes(
+            # The device's own settings come in the same dump as its peers; the routes
+            # are a dump of their own, skipped for `device_only`.
+            peers={} if device_only else wg.peers,
+            routes=frozenset()
+            if device_only
+            else await self.rtnl.routes(
                 link.index, table=self.route_table, protocol=self.route_protocol
             ),
         )

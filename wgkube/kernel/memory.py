@@ -121,11 +121,12 @@ class MemoryKernel:
         os.replace(tmp, self._path)
 
     # -- the port ----------------------------------------------------------------------
-    async def observe(self, ifname: str) -> ObservedState:
+    async def observe(self, ifname: str, *, device_only: bool = False) -> ObservedState:
         self._load()
         dev = self._devices.get(ifname)
         if dev is None:
             return ABSENT
+        peers = {} if device_only else dev.peers
         return ObservedState(
             exists=True,
             up=dev.up,
@@ -145,9 +146,9 @@ class MemoryKernel:
                     rx_bytes=p.get("rx_bytes", 0),
                     tx_bytes=p.get("tx_bytes", 0),
                 )
-                for k, p in dev.peers.items()
+                for k, p in peers.items()
             },
-            routes=frozenset(ipaddress.ip_network(r) for r in dev.routes),
+            routes=frozenset(() if device_only else map(ipaddress.ip_network, dev.routes)),
         )
 
     async def peers(self, ifname: str) -> Mapping[PublicKey, ObservedPeer] | None:

@@ -34,7 +34,12 @@ class Kernel(Protocol):
     name: str
     writes: int
 
-    async def observe(self, ifname: str) -> ObservedState: ...
+    async def observe(self, ifname: str, *, device_only: bool = False) -> ObservedState:
+        """The interface as it is. `device_only`: the link, its addresses and the
+        device's own key, port and fwmark; peers and routes are not read (reported
+        empty): what a reconcile that leaves peers untouched needs, and at 10,000
+        peers the route dump alone is most of a full read."""
+        ...
 
     async def peers(self, ifname: str) -> Mapping[PublicKey, ObservedPeer] | None:
         """Only the WireGuard peers (one device dump, no addresses or routes): what a
