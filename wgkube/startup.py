@@ -88,8 +88,10 @@ def explain(error: BaseException, model: type[BaseModel]) -> str:
     return message
 
 
-GC_THRESHOLDS = (50_000, 20, 100)
-"""Python's defaults are (700, 10, 10): a young collection every 700 allocations."""
+GC_THRESHOLDS = (50_000, 20, 10)
+"""Python's defaults are (700, 10, 10): a young collection every 700 allocations. A full
+collection every 10 of the middle ones, as by default: at 100 instead, a hub's peak at
+10,000 peers against the real API server was 321 MB, at 10 271 MB, at the same speed."""
 
 
 def tune_gc() -> None:
