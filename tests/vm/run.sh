@@ -9,8 +9,8 @@
 # into RAM (prepare_runtime below) takes 14-20 s of it. The whole suite took 985 s wall
 # clock (52 tests) and 1242 s (53 tests, a slower host: its netlink batching test too took
 # 7.4 s instead of 5.7 s); 1995 s with Python over 9p. Slowest:
-# the Cilium path's three (tests/router, control plane in the guest, ~4 min together),
-# failover (85 s), the system tests on the real control plane and monitoring (40-110 s).
+# the Cilium path's three (tests/router, control plane in the guest, 4-6 min together),
+# failover (85-133 s), the system tests on the real control plane and monitoring (40-110 s).
 # The kernel is booted once for the whole suite; the checkout is shared read-write
 # over 9p so the venv runs as is and the results come back.
 set -euo pipefail
@@ -52,7 +52,7 @@ done
 # checkout's bytecode is written here, pytest's rewritten test modules included (it
 # reads them even when it may not write them), and the interpreter's standard library
 # and the venv's packages go into the guest as two archives that guest.sh unpacks into
-# RAM (one sequential 9p read, ~20 s) and mounts over their own paths: 37 s.
+# RAM (one sequential 9p read, 14-20 s) and mounts over their own paths: 24 s.
 prepare_runtime() {
   local py=$ROOT/.venv/bin/python stdlib purelib
   PYTHONDONTWRITEBYTECODE='' "$py" -m compileall -q -j 0 "$ROOT/wgkube" "$ROOT/tests" "$ROOT/bench" >/dev/null \

@@ -36,9 +36,10 @@ class Kernel(Protocol):
 
     async def observe(self, ifname: str, *, device_only: bool = False) -> ObservedState:
         """The interface as it is. `device_only`: the link, its addresses and the
-        device's own key, port and fwmark; peers and routes are not read (reported
-        empty): what a reconcile that leaves peers untouched needs, and at 10,000
-        peers the route dump alone is most of a full read."""
+        device's own key, port and fwmark; peers and routes are reported empty (the
+        routes are not dumped; the peers may come in the device's own dump and are
+        dropped): what a reconcile that leaves peers untouched needs, and at 10,000
+        peers the route dump is most of a full read."""
         ...
 
     async def peers(self, ifname: str) -> Mapping[PublicKey, ObservedPeer] | None:
