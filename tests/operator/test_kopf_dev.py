@@ -34,18 +34,24 @@ def test_kopf_run_serves_the_hub_from_environment_settings(hub: HubHarness) -> N
 
     controls = hub.api.controls
     if controls is not None:  # the emulator's request log (the real server keeps none)
-        # Kopf's own list and watch of Nodes carry the peer selector, as in `wg-kube hub`.
+        # As in `wg-kube hub`: the peer Nodes are listed once (the registry's first list)
+        # and watched from it with the peer selector; Kopf reads the hub's own Node alone.
         def node_reads() -> list[RequestRecord]:
             return [
-                r
-                for r in controls.requests
-                if r.resource == "nodes"
-                and r.verb in ("list", "watch")
-                and "fieldSelector" not in r.query
+                r for r in controls.requests if r.resource == "nodes" and r.verb in ("list", "watch")
             ]
 
         wait_for(
-            lambda: any(r.verb == "watch" for r in node_reads()), message="Kopf's watch of Nodes"
+            lambda: {"list", "watch"}
+            <= {r.verb for r in node_reads() if r.query.get("labelSelector")},
+            message="the hub's list and watch of the peer Nodes",
         )
-        assert {r.query.get("labelSelector") for r in node_reads()} == {PREFIX + "peer=true"}
+        peer_reads = [r for r in node_reads() if "fieldSelector" not in r.query]
+        assert {r.query.get("labelSelector") for r in peer_reads} == {PREFIX + "peer=true"}
+        assert [r.verb for r in peer_reads if r.verb == "list" and "continue" not in r.query] == [
+            "list"
+        ], "one list of the peer Nodes at start"
+        own_reads = [r for r in node_reads() if "fieldSelector" in r.query]
+        assert own_reads, "Kopf reads the hub's own Node"
+        assert {r.query["fieldSelector"] for r in own_reads} == {f"metadata.name={HUB}"}
     assert proc.stop() == 0

@@ -14,7 +14,7 @@ import kopf
 
 from wgkube.config import parse_settings
 from wgkube.operator.hub import Hub
-from wgkube.operator.kopf_app import install
+from wgkube.operator.kopf_app import install, own_node_only
 from wgkube.operator.settings import HubSettings
 
 _running: dict[str, Hub] = {}
@@ -35,12 +35,11 @@ async def _start(settings: kopf.OperatorSettings, **_: Any) -> None:
     )
     hub = await Hub.start(hub_settings)
     _running["hub"] = hub
-    # As in `wg-kube hub`: Kopf lists and watches peer Nodes only. Kopf starts watching
-    # after every startup handler has returned, so the selector set here applies.
-    settings.watching.label_selectors["nodes"] = f"{hub_settings.keys.peer}=true"
+    own_node_only(settings, hub_settings.node_name)  # as in `wg-kube hub`
     if not await hub.announce_until_done(asyncio.Event()):
         raise kopf.PermanentError("cannot announce the hub")
     _tasks.add(asyncio.create_task(hub.loop.run(), name="reconcile loop"))
+    _tasks.add(asyncio.create_task(hub.follow_peers(), name="peer Nodes"))
     _tasks.add(asyncio.create_task(hub.keep_published(), name="announcement"))
 
 

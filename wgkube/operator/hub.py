@@ -7,7 +7,7 @@ import contextlib
 import functools
 import ipaddress
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from wgkube.kernel import Kernel, open_kernel
 from wgkube.kernel.base import RtnlBackedKernel
 from wgkube.kube.address import api_server_addresses
 from wgkube.kube.client import Api, Configuration, Forbidden, KubeApiError, load_configuration
-from wgkube.kube.watch import follow_config_map, follow_nodes
+from wgkube.kube.watch import follow, follow_config_map
 from wgkube.observe.book import HealthBook
 from wgkube.observe.metrics import Metrics, thresholds
 from wgkube.operator.loop import Guard, HubLoop
@@ -147,19 +147,30 @@ def peer_fields(node: dict[str, Any]) -> dict[str, Any]:
 
 
 async def relist_peers(api: Api, peers: PeerRegistry, problems: Problems) -> None:
-    """An authoritative list: at start (the registry is complete only then) and on every
-    resync (it catches deletions a broken watch missed). Watch events that land while it
-    is in flight are newer and win by resourceVersion."""
+    """An authoritative list on every resync (it catches deletions a broken watch
+    missed). Watch events that land while it is in flight are newer and win by
+    resourceVersion."""
+    nodes, version = await list_peers(api, peers, problems)
+    apply_list(peers, nodes, version)
+
+
+async def list_peers(
+    api: Api, peers: PeerRegistry, problems: Problems
+) -> tuple[list[dict[str, Any]], str]:
+    """The peer Nodes (what the registry reads of each) and the list's resourceVersion."""
     with problems.track("list Nodes", NODES_ROLE):
         # Peers only (the selector keeps other Nodes out of memory), in pages. Not
         # resourceVersion=0: kube-apiserver (1.37 too) then ignores `limit` and answers
         # all 10,000 Nodes at once (~40 MB of JSON, several times that parsed); a
         # paginated consistent list is served from its watch cache by recent servers.
-        nodes, version = await api.list_nodes(
-            f"{peers.keys.peer}=true", page=LIST_PAGE, keep=peer_fields
-        )
-    if peers.replace_all(nodes, version):
+        return await api.list_nodes(f"{peers.keys.peer}=true", page=LIST_PAGE, keep=peer_fields)
+
+
+def apply_list(peers: PeerRegistry, nodes: list[dict[str, Any]], version: str) -> bool:
+    changed = peers.replace_all(nodes, version)
+    if changed:
         log.info("Node list applied: %d peer Node(s) known", len(peers))
+    return changed
 
 
 @dataclass
@@ -203,6 +214,8 @@ class Hub:
     loop: HubLoop
     metrics: Metrics
     problems: Problems = field(default_factory=Problems)
+    peers_listed: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set by follow_peers' first complete list: the loop reconciles nothing before it."""
     node: NodeBody | None = None
     """The hub's own Node as last seen (its ExternalIP gives the endpoint)."""
     _seen: tuple[NodeBody | None] | None = None
@@ -212,7 +225,7 @@ class Hub:
 
     @classmethod
     async def start(cls, settings: HubSettings, *, keep_addresses: bool = False) -> Hub:
-        """Key and device: the interface exists (adopted or created) before Kopf starts.
+        """Key and device: the interface exists (adopted or created) before any watch starts.
         `keep_addresses`: this hub's own address is not known (its Node could not be
         read), so an existing device keeps the addresses it has."""
         key = load_key(settings)
@@ -240,12 +253,14 @@ class Hub:
         configuration = await load_configuration(settings.kubeconfig)
         api = Api.from_configuration(configuration)
         problems = Problems()
+        listed = asyncio.Event()
         loop = HubLoop(
             device=device,
             reconciler=reconciler,
             registry=peers,
             report=functools.partial(post_rejection, api, peers, settings.node_name),
             relist=functools.partial(relist_peers, api, peers, problems),
+            first_list=listed.wait,
             debounce=settings.debounce,
             resync_interval=settings.resync_interval,
             kernel_resync_interval=settings.kernel_resync_interval,
@@ -267,7 +282,18 @@ class Hub:
             names=lambda: {r.public_key: r.node for r in peers.records()},
             loosen=loosen_rp_filter,
         )
-        return cls(settings, key, kernel, configuration, api, peers, loop, metrics, problems)
+        return cls(
+            settings,
+            key,
+            kernel,
+            configuration,
+            api,
+            peers,
+            loop,
+            metrics,
+            problems,
+            peers_listed=listed,
+        )
 
     def announcement(self, node: NodeBody) -> dict[str, Any]:
         """The merge patch that publishes the hub on `node` as it is now (its ExternalIP)."""
@@ -435,39 +461,64 @@ class Hub:
                 on_error=on_error,
             )
         )
-        own = asyncio.create_task(self.follow_own_node())
         try:
             await self._publisher(resync_interval)
         finally:
             follower.cancel()
-            own.cancel()
-            await asyncio.gather(follower, own, return_exceptions=True)
+            await asyncio.gather(follower, return_exceptions=True)
 
-    async def follow_own_node(self) -> None:
-        """Watch the hub's own Node by name (Kopf watches peers only): its ExternalIP
-        gives the endpoint, and its label and annotations are put back when removed."""
+    async def follow_peers(self) -> None:
+        """The peer Nodes: one paginated list, the registry's first authoritative one (the
+        loop reconciles nothing before it), then a watch from that list's version, with
+        the peer label as a server-side selector (unlabelling arrives as DELETED).
 
-        async def seen(node: NodeBody) -> None:
-            self.saw_own_node(node)  # a moved InternalIP republishes the announcement
-            if not self.announced(node):
-                try:
-                    await self.announce(node)
-                except KubeApiError as exc:  # the next change or restart tries again
-                    log.warning("re-announcing the hub failed: %s", exc)
+        The hub's own list and watch, not Kopf's: Kopf would list the 10,000 Nodes a
+        second time, whole, and run a worker per Node; at 10,000 kubelet-sized Nodes that
+        was a quarter of the start-up's CPU and most of the hub's memory above the
+        registry (README, Performance). The watch keeps of each Node what the registry
+        reads (peer_fields), as the list does.
+        """
+        selector = f"{self.settings.keys.peer}=true"
+        version = ""
 
-        async def on_list(items: list[dict[str, Any]]) -> None:
-            for node in items:
-                await seen(node)
+        async def lister() -> tuple[list[dict[str, Any]], str]:
+            nonlocal version
+            nodes, version = await list_peers(self.api, self.peers, self.problems)
+            return nodes, version
 
-        async def on_event(kind: str, obj: dict[str, Any]) -> None:
-            if kind != "DELETED":
-                await seen(obj)
+        async def on_list(nodes: list[dict[str, Any]]) -> None:
+            if apply_list(self.peers, nodes, version):
+                self.loop.wake()
+            self.peers_listed.set()
 
-        await follow_nodes(
-            self.api,
-            field_selector=f"metadata.name={self.settings.node_name}",
-            on_list=on_list,
-            on_event=on_event,
+        async def tracked(
+            events: AsyncIterator[tuple[str, dict[str, Any]]],
+        ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+            with self.problems.track("watch Nodes", NODES_ROLE):
+                async for item in events:
+                    yield item
+
+        def watcher(since: str, timeout: int) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+            return tracked(
+                self.api.watch_nodes(
+                    label_selector=selector, resource_version=since, timeout_seconds=timeout
+                )
+            )
+
+        async def on_event(kind: str, node: dict[str, Any]) -> None:
+            if self.peers.observe(peer_fields(node), deleted=kind == "DELETED"):
+                self.loop.wake()
+
+        async def on_error(exc: KubeApiError) -> None:
+            if isinstance(exc, Forbidden):  # logged by Problems, as a missing grant
+                return
+            if not self.peers_listed.is_set():
+                log.warning("cannot list Nodes yet (%s); the kernel stays as it is", exc)
+            else:
+                log.warning("following the peer Nodes failed: %s; listing again", exc)
+
+        await follow(
+            "peer Nodes", lister, watcher, on_list=on_list, on_event=on_event, on_error=on_error
         )
 
     def _follow_hubs(self) -> None:

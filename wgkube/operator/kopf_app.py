@@ -1,14 +1,14 @@
-"""The hub's Kopf side: one thin handler that feeds the registry, and Kopf's settings.
+"""The hub's Kopf side: its login, its settings, and the hub's own Node.
 
-Only `@kopf.on.event` is used: it stores no handler state, adds no finalizers and writes
-nothing onto Nodes. Kopf's watch carries the server-side selector `<prefix>peer=true`, so
-other Nodes (thousands in a large cluster) never reach the hub's memory; unlabelling
-arrives as DELETED (a selector watch sends it). The hub's own Node, not a peer, is
-followed by the hub itself (Hub.follow_own_node).
+Kopf follows the hub's own Node (a server-side field selector on its name): its
+ExternalIP gives the published endpoint, and its label and annotations are put back
+when someone removes them. Only `@kopf.on.event` is used: it stores no handler state,
+adds no finalizers and writes nothing onto Nodes.
 
-The registry is complete only after the loop's own first list of Nodes (not Kopf's:
-`@kopf.index` would tell when Kopf's listing is done, but it gates every object on
-every other and takes minutes at 5000 Nodes).
+The peer Nodes (10,000 in a large cluster) are followed by the hub itself
+(Hub.follow_peers): one paginated list that is also the registry's first authoritative
+one, then a watch from its version. Kopf would list them a second time, whole, and run
+a worker per Node; measured in the README's Performance section.
 """
 
 from __future__ import annotations
@@ -58,6 +58,12 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.networking.request_timeout = 30
 
 
+def own_node_only(settings: kopf.OperatorSettings, node: str) -> None:
+    """Kopf lists and watches the hub's own Node only (Kopf starts watching after every
+    startup handler has returned, so a selector set in one applies)."""
+    settings.watching.field_selectors["nodes"] = f"metadata.name={node}"
+
+
 def install(
     registry: kopf.OperatorRegistry, current: Callable[[], Hub], *, login: bool = True
 ) -> None:
@@ -73,7 +79,7 @@ def install(
             hub = current()
         except KeyError:  # `kopf run` (dev): the hub starts later and sets the selector
             return
-        settings.watching.label_selectors["nodes"] = f"{hub.settings.keys.peer}=true"
+        own_node_only(settings, hub.settings.node_name)
 
     if login:
 
@@ -83,14 +89,14 @@ def install(
 
     @kopf.on.event("nodes", registry=registry)
     async def _node_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
-        # async: Kopf runs sync handlers in a thread pool, which costs at 5000 Nodes.
+        # async: Kopf runs sync handlers in a thread pool.
         hub = current()
-        if hub.peers.observe(body, deleted=event.get("type") == "DELETED"):
-            hub.loop.wake()
-        own = body.get("metadata", {}).get("name") == hub.settings.node_name
-        if own and event.get("type") != "DELETED":
-            hub.saw_own_node(body)
-        if own and event.get("type") != "DELETED" and not hub.announced(body):
+        if body.get("metadata", {}).get("name") != hub.settings.node_name:
+            return  # the field selector sends no other; `kopf run` without it might
+        if event.get("type") == "DELETED":
+            return  # a Node registered again arrives as ADDED and is announced then
+        hub.saw_own_node(body)  # a moved InternalIP republishes the announcement
+        if not hub.announced(body):
             try:
                 await hub.announce(body)
             except KubeApiError as exc:  # the next change or restart tries again

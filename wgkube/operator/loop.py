@@ -95,6 +95,10 @@ class HubLoop:
     registry: PeerRegistry
     report: Reporter
     relist: Relister
+    """An authoritative list of the Nodes into the registry, at every resync."""
+    first_list: Callable[[], Awaitable[object]] | None = None
+    """Returns once the first complete list is in the registry, made elsewhere (the Hub's
+    peer follower, which retries it); None: the loop lists itself (relist) until it can."""
     debounce: float = 0.2
     resync_interval: float = 600.0
     """Seconds between API relists (each followed by a kernel resync)."""
@@ -255,7 +259,7 @@ class HubLoop:
         """Nothing is reconciled before one complete list of Nodes: until then the kernel
         keeps every peer it has, whatever the watch has or has not delivered yet."""
         backoff = 0.5
-        while True:
+        while self.first_list is None:
             try:
                 await self.relist()
                 break
@@ -263,6 +267,8 @@ class HubLoop:
                 log.warning("cannot list Nodes yet (%s); the kernel stays as it is", exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
+        if self.first_list is not None:
+            await self.first_list()
         await self._guard()
         self.listed.set()
         self.wake()

@@ -83,6 +83,7 @@ async def serve(settings: HubSettings) -> None:
             return
         tasks = [
             asyncio.create_task(hub.loop.run(), name="reconcile loop"),
+            asyncio.create_task(hub.follow_peers(), name="peer Nodes"),
             asyncio.create_task(hub.keep_published(), name="announcement"),
         ]
         if hub.loop.relay is not None:  # idle (no socket, no echo) while there is one hub
