@@ -62,3 +62,51 @@ async def test_batched_peer_messages_beat_one_message_per_peer(
         )
     # Emulated timings vary up to 2x between runs; measured 2-4x (1000 peers).
     assert in_batches < one_each
+
+
+@pytest.mark.parametrize(
+    ("destination", "table"),
+    [("10.9.0.0/24", 254), ("fd00:9::/64", 254), ("10.9.1.1/32", 1000), ("10.9.2.0/24", 100)],
+)
+async def test_a_batched_route_request_is_the_one_pyroute2s_route_add_sends(
+    destination: str, table: int
+) -> None:
+    """Rtnl.add_routes builds its requests itself (route_request): byte for byte what
+    `route("add", ...)` sends, but for the sequence number."""
+    await skip_unless_backend("userspace")
+    from pyroute2 import AsyncIPRoute
+    from pyroute2.netlink.nlsocket import NetlinkRequest
+    from pyroute2.netlink.rtnl import RTM_NEWROUTE
+
+    from wgkube.kernel.rtnl import ADD_FLAGS, route_request
+
+    with netns("wgk-req") as ns:
+        ns.ip("link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
+        ipr = AsyncIPRoute(netns=ns.name, flags=0)
+        try:
+            await ipr.setup_endpoint()
+            (index,) = await ipr.link_lookup(ifname="eth0")
+            sent: list[bytes] = []
+            send = ipr.send
+
+            def recording(data: bytes) -> int:
+                sent.append(bytes(data))
+                return int(send(data))
+
+            ipr.send = recording
+            with pytest.raises(Exception, match="Network is down"):  # eth0 is down: no route
+                await ipr.route("add", dst=destination, oif=index, table=table, proto=87)
+            request = NetlinkRequest(
+                ipr,
+                route_request(index, ipaddress.ip_network(destination), table=table, protocol=87),
+                msg_type=RTM_NEWROUTE,
+                msg_flags=ADD_FLAGS,
+            )
+            await request.prepare()
+            ours = bytes(request.msg.data)
+            request.cleanup()
+        finally:
+            ipr.close()
+    (theirs,) = sent
+    assert len(ours) == len(theirs)
+    assert ours[:8] + ours[12:] == theirs[:8] + theirs[12:], "all but the sequence number"

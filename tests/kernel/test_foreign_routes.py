@@ -18,6 +18,7 @@ from wgkube.domain.errors import RouteConflict
 from wgkube.kernel.base import RtnlBackedKernel
 from wgkube.kernel.memory import MemoryKernel
 from wgkube.kernel.port import Kernel
+from wgkube.kernel.rtnl import ADD_BATCH
 
 net = ipaddress.ip_network
 
@@ -96,6 +97,33 @@ async def test_a_route_held_by_another_owner_is_a_conflict_and_stays_as_it_is(
     assert owner in str(caught.value), "the conflict names the owner"
     assert foreign(harness, kernel) == before
     assert (await kernel.observe(harness.ifname)).routes == {net("10.2.0.0/24")}
+
+
+async def test_a_foreign_route_in_a_long_run_of_new_routes_stops_it_there_and_stays(
+    harness: Harness,
+) -> None:
+    """Routes are written in batches (ADD_BATCH a send on the real adapters): a conflict
+    in the second batch is raised as it is; every route before it is in place, one of
+    ours already there is adopted, the foreign route and its owner are left alone, and
+    applying the run again (as the reconciler's bisection does) adds the rest."""
+    kernel, before = await prepared(harness)
+    ours = [net(f"10.{64 + i // 256}.{i % 256}.0/24") for i in range(3 * ADD_BATCH)]
+    at = ADD_BATCH + ADD_BATCH // 2
+    run = [AddRoute(n) for n in ours[:at]] + [AddRoute(net(STATIC4))]
+    run += [AddRoute(n) for n in ours[at:]] + [AddRoute(net("10.2.0.0/24"))]
+    with pytest.raises(RouteConflict) as caught:
+        await kernel.apply(harness.ifname, run)
+    assert STATIC4 in str(caught.value)
+    assert "proto static dev eth0" in str(caught.value)
+    routes = (await kernel.observe(harness.ifname)).routes
+    assert set(ours[:at]) <= routes, "every route before the conflict is in place"
+    assert not set(ours[2 * ADD_BATCH :]) & routes, "no batch after the conflict's is sent"
+    assert foreign(harness, kernel) == before
+    writes = kernel.writes
+    await kernel.apply(harness.ifname, [op for op in run if op != AddRoute(net(STATIC4))])
+    assert (await kernel.observe(harness.ifname)).routes == {*ours, net("10.2.0.0/24")}
+    assert kernel.writes - writes == len(run) - 1, "each route counted once, adopted or added"
+    assert foreign(harness, kernel) == before
 
 
 async def test_removing_our_route_to_a_foreign_destination_deletes_nothing_foreign(

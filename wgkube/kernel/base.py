@@ -127,6 +127,23 @@ class RtnlBackedKernel:
             if isinstance(op, CreateLink):
                 await self._create_link(op.name)
                 index = None
+            elif isinstance(op, AddRoute) and i + 1 < len(ops) and isinstance(ops[i + 1], AddRoute):
+                # A run of new routes goes in batches over the one socket (Rtnl.add_routes).
+                j = i
+                while j < len(ops) and isinstance(ops[j], AddRoute):
+                    j += 1
+                if index is None:
+                    index = await self.rtnl.index(ifname)
+                nets = [o.destination for o in ops[i:j] if isinstance(o, AddRoute)]
+                await self.rtnl.add_routes(
+                    index,
+                    nets,
+                    table=self.route_table,
+                    protocol=self.route_protocol,
+                    landed=self._landed,
+                )
+                i = j
+                continue
             else:
                 if index is None:
                     index = await self.rtnl.index(ifname)
@@ -154,6 +171,9 @@ class RtnlBackedKernel:
                 )
             case _:  # pragma: no cover - WireGuard operations never reach here
                 raise AssertionError(op)
+
+    def _landed(self) -> None:
+        self.writes += 1
 
     async def move_route(
         self, ifname: str, destination: IPNetwork, *, among: Sequence[str]

@@ -9,13 +9,17 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass
 from socket import AF_INET, AF_INET6
 from typing import Any, NoReturn
 
 from pyroute2 import AsyncIPRoute
+from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.nlsocket import NetlinkRequest
+from pyroute2.netlink.rtnl import RTM_NEWROUTE
+from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from wgkube.desired.protected import PROTOCOL_NAMES, HostAddress, HostRoute
 from wgkube.desired.router import GatewayRoute
@@ -35,6 +39,31 @@ LOCAL_TABLE = 255
 RTN_UNICAST = 1
 IPV6_DEFAULT_METRIC = 1024
 """What the kernel gives an IPv6 route added without a metric; IPv4 gets 0."""
+
+
+ADD_BATCH = 256
+"""Route requests per send: their answers (one ack each) fit the socket's receive buffer."""
+ADD_FLAGS = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
+"""`ip route add`: create, never replace (EEXIST when the key is held)."""
+
+
+def route_request(index: int, net: IPNetwork, *, table: int, protocol: int) -> rtmsg:
+    """RTM_NEWROUTE of a unicast route to `net` through link `index`, as pyroute2's
+    `route("add", dst=..., oif=..., table=..., proto=...)` builds it (a test compares
+    the bytes): the table in RTA_TABLE, and in the header when it fits."""
+    msg = rtmsg()
+    msg["family"] = AF_INET if net.version == 4 else AF_INET6
+    msg["dst_len"] = net.prefixlen
+    msg["table"] = table if 0 < table < 255 else 254
+    msg["proto"] = protocol
+    msg["scope"] = 0  # RT_SCOPE_UNIVERSE
+    msg["type"] = RTN_UNICAST
+    msg["attrs"] = [
+        ("RTA_DST", str(net.network_address)),
+        ("RTA_OIF", index),
+        ("RTA_TABLE", table),
+    ]
+    return msg
 
 
 def translate(exc: BaseException, what: str) -> NoReturn:
@@ -356,11 +385,77 @@ class Rtnl:
             # overwriting what holds that key. ("replace" once took over the kernel's own
             # connected route of a subnet the hub advertised, and the underlay went.)
             await ipr.route("add", dst=str(net), oif=index, table=table, proto=protocol)
-            return
         except NetlinkError as exc:
-            if exc.code != errno.EEXIST:
-                translate(exc, f"add route {net}")
-            answer = f"{exc.args[1] if len(exc.args) > 1 else exc} (errno {exc.code})"
+            await self._add_refused(index, net, exc, table=table, protocol=protocol)
+
+    async def add_routes(
+        self,
+        index: int,
+        nets: Sequence[IPNetwork],
+        *,
+        table: int,
+        protocol: int,
+        landed: Callable[[], None],
+    ) -> None:
+        """`add_route` for each of `nets`, ADD_BATCH requests per send on the one socket.
+
+        The same request as `add_route` (`route_request`: pyroute2's rtmsg, the fields
+        and attributes its `route("add", ...)` sends), without the per-call argument
+        processing and round trip that cost ~0.27 ms a route (2.7 s at 10,000). The
+        kernel answers each request on its own: `landed()` is called once per route in
+        place (added or adopted as ours); the first refusal, in the order of `nets`, is
+        raised after its batch was answered, and later batches are not sent.
+        """
+        ipr = await self._conn()
+        for start in range(0, len(nets), ADD_BATCH):
+            batch = nets[start : start + ADD_BATCH]
+            requests = [
+                NetlinkRequest(
+                    ipr,
+                    route_request(index, net, table=table, protocol=protocol),
+                    msg_type=RTM_NEWROUTE,
+                    msg_flags=ADD_FLAGS,
+                )
+                for net in batch
+            ]
+            answers: list[NetlinkError | None] = []
+            prepared = 0
+            try:
+                data = b""
+                for request in requests:
+                    await request.prepare()
+                    prepared += 1
+                    data += request.msg.data
+                ipr.send(data)
+                for request in requests:
+                    answers.append(None)
+                    try:
+                        async for _ in request.response():  # ends with its ack; cleans up
+                            pass
+                    except NetlinkError as exc:
+                        answers[-1] = exc
+            except (OSError, NetlinkError) as exc:
+                for request in requests[len(answers) : prepared]:
+                    request.cleanup()
+                translate(exc, f"add {len(batch)} routes")
+            refused: list[tuple[IPNetwork, NetlinkError]] = []
+            for net, answer in zip(batch, answers, strict=True):
+                if answer is None:
+                    landed()
+                else:
+                    refused.append((net, answer))
+            for net, answer in refused:
+                await self._add_refused(index, net, answer, table=table, protocol=protocol)
+                landed()  # adopted: ours already
+
+    async def _add_refused(
+        self, index: int, net: IPNetwork, exc: NetlinkError, *, table: int, protocol: int
+    ) -> None:
+        """After the kernel refused to add `net`: adopt it when the route holding its key
+        is ours, else raise what the refusal means."""
+        if exc.code != errno.EEXIST:
+            translate(exc, f"add route {net}")
+        answer = f"{exc.args[1] if len(exc.args) > 1 else exc} (errno {exc.code})"
         holders = await self._same_key(net, table=table)
         if any(proto == protocol and oif == index for proto, oif, _ in holders):
             return  # ours, from before a restart or a race: adopted as it is
