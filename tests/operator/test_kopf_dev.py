@@ -38,12 +38,15 @@ def test_kopf_run_serves_the_hub_from_environment_settings(hub: HubHarness) -> N
         # and watched from it with the peer selector; Kopf reads the hub's own Node alone.
         def node_reads() -> list[RequestRecord]:
             return [
-                r for r in controls.requests if r.resource == "nodes" and r.verb in ("list", "watch")
+                r
+                for r in controls.requests
+                if r.resource == "nodes" and r.verb in ("list", "watch")
             ]
 
         wait_for(
-            lambda: {"list", "watch"}
-            <= {r.verb for r in node_reads() if r.query.get("labelSelector")},
+            lambda: (
+                {"list", "watch"} <= {r.verb for r in node_reads() if r.query.get("labelSelector")}
+            ),
             message="the hub's list and watch of the peer Nodes",
         )
         peer_reads = [r for r in node_reads() if "fieldSelector" not in r.query]
