@@ -168,12 +168,33 @@ class Api:
     ) -> tuple[list[dict[str, Any]], str]:
         """The matching Nodes and the list's resourceVersion (to start a watch from).
 
+        `keep`: what to keep of each Node, applied page by page (a kubelet's Node is
+        several KB of status the caller does not need: 10,000 of them are ~40 MB).
+        The other arguments are node_pages'.
+        """
+        items: list[dict[str, Any]] = []
+        version = ""
+        async for page_items, at in self.node_pages(
+            label_selector, field_selector, page=page, cached=cached
+        ):
+            items.extend(map(keep, page_items) if keep is not None else page_items)
+            version = at
+        return items, version
+
+    async def node_pages(
+        self,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        *,
+        page: int | None = None,
+        cached: bool = False,
+    ) -> AsyncIterator[tuple[list[dict[str, Any]], str]]:
+        """The matching Nodes page by page, each with the list's resourceVersion.
+
         `page`: at most that many Nodes per request, following `continue` (one snapshot;
         no single answer of 10,000 Nodes to hold twice). `cached`: resourceVersion=0,
         served from the API server's watch cache instead of a quorum read of etcd; the
         answer may be slightly old, which the registry's resourceVersion check absorbs.
-        `keep`: what to keep of each Node, applied page by page (a kubelet's Node is
-        several KB of status the caller does not need: 10,000 of them are ~40 MB).
         """
         kwargs: dict[str, Any] = {}
         if label_selector:
@@ -184,18 +205,18 @@ class Api:
             kwargs["resource_version"] = "0"
         if page:
             kwargs["limit"] = page
-        items: list[dict[str, Any]] = []
         version = ""
         while True:
             data = await self._json(self._core.list_node, **kwargs)
             meta = data.get("metadata") or {}
-            page_items = data.get("items") or []
-            items.extend(map(keep, page_items) if keep is not None else page_items)
-            del data, page_items  # one page of full Nodes in memory at a time
             version = version or str(meta.get("resourceVersion", ""))
             token = meta.get("continue")
+            page_items = data.get("items") or []
+            del data  # one page of full Nodes in memory at a time
+            yield page_items, version
+            del page_items
             if not page or not token:
-                return items, version
+                return
             # A continued list is the first page's snapshot: no resourceVersion with it.
             kwargs.pop("resource_version", None)
             kwargs["_continue"] = token

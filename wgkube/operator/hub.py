@@ -150,27 +150,26 @@ async def relist_peers(api: Api, peers: PeerRegistry, problems: Problems) -> Non
     """An authoritative list on every resync (it catches deletions a broken watch
     missed). Watch events that land while it is in flight are newer and win by
     resourceVersion."""
-    nodes, version = await list_peers(api, peers, problems)
-    apply_list(peers, nodes, version)
+    await list_peers(api, peers, problems)
 
 
-async def list_peers(
-    api: Api, peers: PeerRegistry, problems: Problems
-) -> tuple[list[dict[str, Any]], str]:
-    """The peer Nodes (what the registry reads of each) and the list's resourceVersion."""
+async def list_peers(api: Api, peers: PeerRegistry, problems: Problems) -> str:
+    """An authoritative list of the peer Nodes into the registry, page by page (what
+    the registry reads of each: peer_fields); returns the list's resourceVersion."""
+    listing = peers.listing()
+    version = ""
     with problems.track("list Nodes", NODES_ROLE):
         # Peers only (the selector keeps other Nodes out of memory), in pages. Not
         # resourceVersion=0: kube-apiserver (1.37 too) then ignores `limit` and answers
         # all 10,000 Nodes at once (~40 MB of JSON, several times that parsed); a
         # paginated consistent list is served from its watch cache by recent servers.
-        return await api.list_nodes(f"{peers.keys.peer}=true", page=LIST_PAGE, keep=peer_fields)
-
-
-def apply_list(peers: PeerRegistry, nodes: list[dict[str, Any]], version: str) -> bool:
-    changed = peers.replace_all(nodes, version)
-    if changed:
+        async for page, at in api.node_pages(f"{peers.keys.peer}=true", page=LIST_PAGE):
+            for node in page:
+                listing.add(peer_fields(node))
+            version = at
+    if listing.finish(version):
         log.info("Node list applied: %d peer Node(s) known", len(peers))
-    return changed
+    return version
 
 
 @dataclass
@@ -474,21 +473,17 @@ class Hub:
 
         The hub's own list and watch, not Kopf's: Kopf would list the 10,000 Nodes a
         second time, whole, and run a worker per Node; at 10,000 kubelet-sized Nodes that
-        was a quarter of the start-up's CPU and most of the hub's memory above the
-        registry (README, Performance). The watch keeps of each Node what the registry
-        reads (peer_fields), as the list does.
-        """
+        was a third of the start-up and ~120 MB (README, Performance). The list goes into
+        the registry page by page and the watch keeps of each Node what the registry
+        reads (peer_fields): no Node is held whole beyond its page or its event."""
         selector = f"{self.settings.keys.peer}=true"
-        version = ""
 
         async def lister() -> tuple[list[dict[str, Any]], str]:
-            nonlocal version
-            nodes, version = await list_peers(self.api, self.peers, self.problems)
-            return nodes, version
+            # Into the registry page by page (list_peers): nothing is left to hand on.
+            return [], await list_peers(self.api, self.peers, self.problems)
 
-        async def on_list(nodes: list[dict[str, Any]]) -> None:
-            if apply_list(self.peers, nodes, version):
-                self.loop.wake()
+        async def on_list(_: list[dict[str, Any]]) -> None:
+            self.loop.wake()
             self.peers_listed.set()
 
         async def tracked(

@@ -81,26 +81,15 @@ class PeerRegistry:
         return self._set(name, entry)
 
     def replace_all(self, nodes: Iterable[NodeBody], list_version: str = "") -> bool:
-        """An authoritative list: Nodes absent from it are gone (missed deletions).
-
-        A Node absent from the list but seen at a version newer than the list (created
-        while the list was in flight) is kept.
-        """
-        seen: set[str] = set()
-        changed = False
+        """An authoritative list: Nodes absent from it are gone (missed deletions)."""
+        listing = self.listing()
         for node in nodes:
-            seen.add(node_name(node))
-            changed |= self.observe(node)
-        at = int(list_version) if list_version.isdigit() else None
-        for name in list(self._entries):
-            if name in seen:
-                continue
-            if at is not None and self._versions.get(name, -1) > at:
-                continue
-            if at is not None:
-                self._versions[name] = at
-            changed |= self._set(name, None)
-        return changed
+            listing.add(node)
+        return listing.finish(list_version)
+
+    def listing(self) -> Listing:
+        """An authoritative list taken as it arrives, page by page (Listing)."""
+        return Listing(self)
 
     def _set(self, name: str, entry: Entry | None) -> bool:
         old = self._entries.get(name)
@@ -136,3 +125,39 @@ class PeerRegistry:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def _absent(self, seen: set[str], list_version: str) -> bool:
+        """After a complete list: the Nodes it did not hold are gone, unless seen at a
+        version newer than the list (created while it was in flight)."""
+        changed = False
+        at = int(list_version) if list_version.isdigit() else None
+        for name in list(self._entries):
+            if name in seen:
+                continue
+            if at is not None and self._versions.get(name, -1) > at:
+                continue
+            if at is not None:
+                self._versions[name] = at
+            changed |= self._set(name, None)
+        return changed
+
+
+class Listing:
+    """One authoritative list into the registry: each Node is taken as it arrives (as
+    a watch event is, newer versions winning), so no page is held after it is read;
+    `finish` then drops the Nodes the list did not hold. A list that fails before
+    `finish` has added what it read and removed nothing."""
+
+    def __init__(self, registry: PeerRegistry) -> None:
+        self._registry = registry
+        self._seen: set[str] = set()
+        self.changed = False
+
+    def add(self, node: NodeBody) -> None:
+        self._seen.add(node_name(node))
+        self.changed |= self._registry.observe(node)
+
+    def finish(self, list_version: str) -> bool:
+        """Whether the registry changed, by this list as a whole."""
+        self.changed |= self._registry._absent(self._seen, list_version)
+        return self.changed
