@@ -145,6 +145,10 @@ class UserspaceKernel(RtnlBackedKernel):
 
     # -- UAPI ------------------------------------------------------------------------------
     async def _uapi(self, ifname: str, lines: Sequence[str]) -> list[tuple[str, str]]:
+        return _reply_pairs(ifname, lines, await self._uapi_raw(ifname, lines))
+
+    async def _uapi_raw(self, ifname: str, lines: Sequence[str]) -> bytes:
+        """One UAPI request; the reply as it came, up to its closing `errno=N` line."""
         path = self.socket_path(ifname)
         try:
             reader, writer = await asyncio.open_unix_connection(str(path))
@@ -156,29 +160,13 @@ class UserspaceKernel(RtnlBackedKernel):
             async with asyncio.timeout(UAPI_TIMEOUT):
                 writer.write(("\n".join(lines) + "\n\n").encode())
                 await writer.drain()
-                pairs: list[tuple[str, str]] = []
-                while True:
-                    raw = await reader.readline()
-                    if not raw:
+                reply = bytearray()
+                while not _complete(reply):
+                    chunk = await reader.read(UAPI_CHUNK)
+                    if not chunk:
                         raise KernelError(f"interface {ifname}: UAPI closed without errno")
-                    key, _, value = raw.decode().rstrip("\n").partition("=")
-                    if key == "errno":
-                        if value.lstrip("-") == str(errno.EADDRINUSE):
-                            # wireguard-go answers a taken listen_port with -EADDRINUSE.
-                            port = next(
-                                (
-                                    int(v)
-                                    for k, _, v in (ln.partition("=") for ln in lines)
-                                    if k == "listen_port"
-                                ),
-                                0,
-                            )
-                            raise PortInUse(port)
-                        if value != "0":
-                            raise _refusal(ifname, lines[0], value)
-                        return pairs
-                    if key:
-                        pairs.append((key, value))
+                    reply += chunk
+                return bytes(reply)
         except (OSError, TimeoutError) as exc:
             raise KernelError(f"interface {ifname}: UAPI request failed: {exc!r}") from exc
         finally:
@@ -187,11 +175,10 @@ class UserspaceKernel(RtnlBackedKernel):
                 await writer.wait_closed()
 
     async def _wg_read(self, ifname: str) -> WgDevice:
-        pairs = await self._uapi(ifname, ["get=1"])
-        try:
-            return _parse_get(pairs)
-        except (ValueError, InvalidInput) as exc:
-            raise KernelError(f"interface {ifname}: cannot parse UAPI reply: {exc}") from exc
+        raw = await self._uapi_raw(ifname, ["get=1"])
+        # 10,000 peers are ~60,000 lines: parsed in a thread, so the event loop (a Node
+        # change, a probe) gets its turns meanwhile instead of waiting ~0.3 s.
+        return await asyncio.to_thread(_parse_reply, ifname, raw)
 
     async def _wg_write(self, ifname: str, ops: Sequence[WgOperation]) -> None:
         # One `set=1` transaction per run; device keys must precede the first peer, so a
@@ -275,6 +262,51 @@ class _PeerReply:
             rx_bytes=int(v.get("rx_bytes", "0")),
             tx_bytes=int(v.get("tx_bytes", "0")),
         )
+
+
+UAPI_CHUNK = 1 << 16
+
+
+def _complete(reply: bytearray) -> bool:
+    """Whether a UAPI reply has its last line, `errno=N`, and the blank line after it."""
+    if not reply.endswith(b"\n\n"):
+        return False
+    last = reply[:-2].rpartition(b"\n")[2]
+    return last.startswith(b"errno=")
+
+
+def _reply_pairs(ifname: str, lines: Sequence[str], raw: bytes) -> list[tuple[str, str]]:
+    """The reply's key=value pairs before its errno; a non-zero errno is raised as what
+    it means (a taken listen port, a refused value)."""
+    pairs: list[tuple[str, str]] = []
+    for line in raw.decode().split("\n"):
+        key, _, value = line.partition("=")
+        if key == "errno":
+            if value.lstrip("-") == str(errno.EADDRINUSE):
+                # wireguard-go answers a taken listen_port with -EADDRINUSE.
+                port = next(
+                    (
+                        int(v)
+                        for k, _, v in (ln.partition("=") for ln in lines)
+                        if k == "listen_port"
+                    ),
+                    0,
+                )
+                raise PortInUse(port)
+            if value != "0":
+                raise _refusal(ifname, lines[0], value)
+            return pairs
+        if key:
+            pairs.append((key, value))
+    raise KernelError(f"interface {ifname}: UAPI reply without errno")
+
+
+def _parse_reply(ifname: str, raw: bytes) -> WgDevice:
+    pairs = _reply_pairs(ifname, ["get=1"], raw)
+    try:
+        return _parse_get(pairs)
+    except (ValueError, InvalidInput) as exc:
+        raise KernelError(f"interface {ifname}: cannot parse UAPI reply: {exc}") from exc
 
 
 def _parse_get(pairs: list[tuple[str, str]]) -> WgDevice:
