@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import io
 import ipaddress
 import logging
 import os
 import shlex
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -276,11 +277,15 @@ def _complete(reply: bytearray) -> bool:
 
 
 def _reply_pairs(ifname: str, lines: Sequence[str], raw: bytes) -> list[tuple[str, str]]:
-    """The reply's key=value pairs before its errno; a non-zero errno is raised as what
-    it means (a taken listen port, a refused value)."""
-    pairs: list[tuple[str, str]] = []
-    for line in raw.decode().split("\n"):
-        key, _, value = line.partition("=")
+    return list(_reply_items(ifname, lines, raw))
+
+
+def _reply_items(ifname: str, lines: Sequence[str], raw: bytes) -> Iterator[tuple[str, str]]:
+    """The reply's key=value pairs before its errno, one line at a time (10,000 peers
+    are ~60,000 lines: not held as a list); a non-zero errno is raised as what it means
+    (a taken listen port, a refused value)."""
+    for line in io.BytesIO(raw):
+        key, _, value = line.decode().rstrip("\n").partition("=")
         if key == "errno":
             if value.lstrip("-") == str(errno.EADDRINUSE):
                 # wireguard-go answers a taken listen_port with -EADDRINUSE.
@@ -295,32 +300,36 @@ def _reply_pairs(ifname: str, lines: Sequence[str], raw: bytes) -> list[tuple[st
                 raise PortInUse(port)
             if value != "0":
                 raise _refusal(ifname, lines[0], value)
-            return pairs
+            return
         if key:
-            pairs.append((key, value))
+            yield key, value
     raise KernelError(f"interface {ifname}: UAPI reply without errno")
 
 
 def _parse_reply(ifname: str, raw: bytes) -> WgDevice:
-    pairs = _reply_pairs(ifname, ["get=1"], raw)
     try:
-        return _parse_get(pairs)
+        return _parse_get(_reply_items(ifname, ["get=1"], raw))
     except (ValueError, InvalidInput) as exc:
         raise KernelError(f"interface {ifname}: cannot parse UAPI reply: {exc}") from exc
 
 
-def _parse_get(pairs: list[tuple[str, str]]) -> WgDevice:
+def _parse_get(pairs: Iterable[tuple[str, str]]) -> WgDevice:
+    """A `get=1` reply's device and peers; each peer becomes an ObservedPeer as soon as
+    its lines end (the next public_key), not after the whole reply."""
     private_key: PrivateKey | None = None
     listen_port = 0
     fwmark = 0
-    peers: list[_PeerReply] = []
+    peers: dict[PublicKey, ObservedPeer] = {}
+    current: _PeerReply | None = None
     for key, value in pairs:
         if key == "public_key":
-            peers.append(_PeerReply(PublicKey(bytes.fromhex(value))))
-        elif peers and key == "allowed_ip":
-            peers[-1].allowed.add(ipaddress.ip_network(value))
-        elif peers:
-            peers[-1].values[key] = value
+            if current is not None:
+                peers[current.key] = current.observed()
+            current = _PeerReply(PublicKey(bytes.fromhex(value)))
+        elif current is not None and key == "allowed_ip":
+            current.allowed.add(ipaddress.ip_network(value))
+        elif current is not None:
+            current.values[key] = value
         elif key == "private_key" and value != _ZERO_HEX:
             # The kernel reports the clamped key; report the same here.
             private_key = PrivateKey(bytes.fromhex(value)).clamped()
@@ -328,9 +337,11 @@ def _parse_get(pairs: list[tuple[str, str]]) -> WgDevice:
             listen_port = int(value)
         elif key == "fwmark":
             fwmark = int(value)
+    if current is not None:
+        peers[current.key] = current.observed()
     return WgDevice(
         private_key=private_key,
         listen_port=listen_port,
         fwmark=fwmark,
-        peers={p.key: p.observed() for p in peers},
+        peers=peers,
     )

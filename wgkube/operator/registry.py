@@ -60,7 +60,7 @@ class PeerRegistry:
     def observe(self, node: NodeBody, *, deleted: bool = False) -> bool:
         """Take one Node as it now is; returns whether the registry changed.
 
-        Two streams feed the registry (Kopf's watch and our own lists), so a Node seen
+        Two streams feed the registry (the watch and the lists), so a Node seen
         with a resourceVersion older than one already taken is stale and ignored.
         """
         name = node_name(node)
