@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
+import struct
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass
 from socket import AF_INET, AF_INET6
@@ -64,6 +65,64 @@ def route_request(index: int, net: IPNetwork, *, table: int, protocol: int) -> r
         ("RTA_TABLE", table),
     ]
     return msg
+
+
+_PLACEHOLDER = {4: ipaddress.ip_network("192.0.2.0/24"), 6: ipaddress.ip_network("2001:db8::/64")}
+RTA_DST = 1
+DST_LEN_OFFSET = 17
+"""rtmsg.dst_len: after the 16-byte nlmsghdr, the family byte."""
+SEQ_OFFSET = 8
+"""nlmsghdr.nlmsg_seq."""
+
+
+class RouteRequests:
+    """RTM_NEWROUTE requests to link `index` in one table with one protocol, as bytes.
+
+    pyroute2 encodes one request per address family (route_request, to a placeholder
+    destination); each route's request is that one with its sequence number, prefix
+    length and destination address put in: the three fields that differ between two
+    routes here (a test compares the result with what `route("add", ...)` sends). The
+    encoding is what costs in pyroute2 (~80 us a message), not the kernel's work.
+    """
+
+    def __init__(self, ipr: AsyncIPRoute, index: int, *, table: int, protocol: int) -> None:
+        self._ipr = ipr
+        self._index = index
+        self._table = table
+        self._protocol = protocol
+        self._templates: dict[int, tuple[bytes, int]] = {}
+
+    async def encode(self, net: IPNetwork, seq: int) -> bytes:
+        template = self._templates.get(net.version)
+        if template is None:
+            template = self._templates[net.version] = await self._template(net.version)
+        data, dst = template
+        packed = net.network_address.packed
+        out = bytearray(data)
+        struct.pack_into("=I", out, SEQ_OFFSET, seq)
+        out[DST_LEN_OFFSET] = net.prefixlen
+        out[dst : dst + len(packed)] = packed
+        return bytes(out)
+
+    async def _template(self, version: int) -> tuple[bytes, int]:
+        request = NetlinkRequest(
+            self._ipr,
+            route_request(
+                self._index, _PLACEHOLDER[version], table=self._table, protocol=self._protocol
+            ),
+            msg_type=RTM_NEWROUTE,
+            msg_flags=ADD_FLAGS,
+        )
+        await request.prepare()
+        data = bytes(request.msg.data)
+        request.cleanup()
+        offset = 16 + 12  # nlmsghdr, rtmsg: then the attributes
+        while offset + 4 <= len(data):
+            length, kind = struct.unpack_from("=HH", data, offset)
+            if kind == RTA_DST:
+                return data, offset + 4
+            offset += (length + 3) & ~3
+        raise KernelError("pyroute2 encoded a route request without RTA_DST")
 
 
 def translate(exc: BaseException, what: str) -> NoReturn:
@@ -399,34 +458,32 @@ class Rtnl:
     ) -> None:
         """`add_route` for each of `nets`, ADD_BATCH requests per send on the one socket.
 
-        The same request as `add_route` (`route_request`: pyroute2's rtmsg, the fields
-        and attributes its `route("add", ...)` sends), without the per-call argument
-        processing and round trip that cost ~0.27 ms a route (2.7 s at 10,000). The
+        The same request as `add_route` (RouteRequests: pyroute2's encoding of it),
+        without the per-call argument processing, encoding and round trip that cost
+        ~0.27 ms a route (2.7 s at 10,000). The
         kernel answers each request on its own: `landed()` is called once per route in
         place (added or adopted as ours); the first refusal, in the order of `nets`, is
         raised after its batch was answered, and later batches are not sent.
         """
         ipr = await self._conn()
+        encoder = RouteRequests(ipr, index, table=table, protocol=protocol)
         for start in range(0, len(nets), ADD_BATCH):
             batch = nets[start : start + ADD_BATCH]
             requests = [
-                NetlinkRequest(
-                    ipr,
-                    route_request(index, net, table=table, protocol=protocol),
-                    msg_type=RTM_NEWROUTE,
-                    msg_flags=ADD_FLAGS,
-                )
-                for net in batch
+                NetlinkRequest(ipr, rtmsg(), msg_type=RTM_NEWROUTE, msg_flags=ADD_FLAGS)
+                for _ in batch
             ]
             answers: list[NetlinkError | None] = []
             prepared = 0
             try:
-                data = b""
-                for request in requests:
-                    await request.prepare()
+                data = bytearray()
+                for net, request in zip(batch, requests, strict=True):
+                    # What request.prepare() does, with the bytes made from the template
+                    # instead of encoding the message again.
+                    data += await encoder.encode(net, request.msg_seq)
+                    ipr.msg_queue.ensure_tag(request.msg_seq)
                     prepared += 1
-                    data += request.msg.data
-                ipr.send(data)
+                ipr.send(bytes(data))
                 for request in requests:
                     answers.append(None)
                     try:
