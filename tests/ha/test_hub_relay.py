@@ -105,6 +105,20 @@ async def test_one_hub_makes_no_relay_interface_and_writes_what_the_main_device_
     assert hub.spokes == {}, "nothing to echo to with one hub"
 
 
+async def test_no_announcement_at_all_is_one_hub_and_a_deleted_one_keeps_the_last_set() -> None:
+    kernel = MemoryKernel()
+    hub = relay(kernel, Clock(), ScriptedProber())
+    assert not hub.alone(), "before the announcement is read, nothing is assumed"
+    hub.announced_none()
+    await hub.reconcile(desired(with_hub=False), None)
+    assert hub.alone(), "an announcement that is not there names no other hub"
+    assert not (await kernel.observe("wg0-r1")).exists
+    told, kernel, _, _ = await started()
+    told.announced_none()
+    assert [link.hub for link in told.links] == ["hub-b"]
+    assert (await kernel.observe("wg0-r1")).exists
+
+
 async def test_a_second_hub_gets_a_relay_interface_holding_the_range_and_its_own_address() -> None:
     hub, kernel, _, _ = await started()
     relay_dev = await kernel.observe("wg0-r1")

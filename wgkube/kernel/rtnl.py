@@ -6,6 +6,7 @@ and routes in the kernel, so this one module does that work for both.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import ipaddress
 import os
@@ -641,11 +642,25 @@ def _route_network(msg: Any, family: int) -> IPNetwork:
     return ipaddress.ip_network(f"{dst}/{msg['dst_len']}")
 
 
+DUMP_TURN = 128
+"""Messages of a dump decoded between two turns of the event loop."""
+
+
 async def _aiter(result: Any) -> AsyncIterator[Any]:
-    """pyroute2 dumps answer with an async iterator; some calls with a plain list."""
+    """pyroute2 dumps answer with an async iterator; some calls with a plain list.
+
+    A dump whose answers are already queued never suspends: 10,000 routes are ~0.7 s
+    of decoding in one stretch, which a Node change arriving then (the kernel resync
+    reads them every minute) would wait out. Every DUMP_TURN messages the loop gets a
+    turn.
+    """
+    count = 0
     if hasattr(result, "__aiter__"):
         async for item in result:
             yield item
+            count += 1
+            if count % DUMP_TURN == 0:
+                await asyncio.sleep(0)
     else:
         for item in result:
             yield item

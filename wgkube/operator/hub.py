@@ -521,6 +521,8 @@ class Hub:
         a deleted or unusable announcement keeps the last good set."""
         seen = self._seen[0] if self._seen else None
         if seen is None:
+            if self._seen is not None and self.loop.relay is not None:
+                self.loop.relay.announced_none()  # listed, and absent
             return
         try:
             hubs = announcement.decode(seen.get("data"))

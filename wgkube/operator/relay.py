@@ -138,6 +138,13 @@ class HubRelay:
         self.hub_keys = frozenset(h.public_key for h in others)
         self.hubs = {n: p for n, p in self.hubs.items() if n in linked}
 
+    def announced_none(self) -> None:
+        """The announcement was read and is not there. Before any announcement was read,
+        that is one that names no other hub (so the loop may run as with one hub, its
+        resyncs beside the change path); after one, the last good set stays."""
+        if not self._told:
+            self.set_hubs(())
+
     def alone(self) -> bool:
         """The main device alone, as with one hub: the loop may reconcile it directly."""
         return self._told and not self.links and not self._prune
