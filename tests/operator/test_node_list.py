@@ -5,9 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from tests.support.controlplane import require_control_plane
+from wgkube.domain.annotations import Keys
 from wgkube.kube.client import Api
-from wgkube.operator.hub import peer_fields
+from wgkube.operator import hub
+from wgkube.operator.registry import PeerRegistry
 from wgkube.testing.controlplane import ControlPlane
 
 PEER = "wireguard.kube/peer"
@@ -26,8 +30,13 @@ def node(name: str, *, peer: bool) -> dict[str, object]:
     }
 
 
-async def test_a_paged_list_returns_every_peer_once_with_only_the_fields_kept() -> None:
+async def test_the_hubs_paged_list_takes_every_peer_once_with_only_the_fields_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """list_peers, as the hub's follower and resyncs run it: page by page into the
+    registry (LIST_PAGE made 2 here), each Node reduced to what the registry reads."""
     require_control_plane()
+    monkeypatch.setattr(hub, "LIST_PAGE", 2)
     with ControlPlane() as plane:
         api = await Api.connect(plane.kubeconfig)
         async with api:
@@ -35,25 +44,35 @@ async def test_a_paged_list_returns_every_peer_once_with_only_the_fields_kept() 
                 await api._json(api._core.create_node, node(f"peer-{i}", peer=True))
             await api._json(api._core.create_node, node("other", peer=False))
             pages: list[object] = []
+            kept: list[dict[str, Any]] = []
             real = api._json
 
             async def counting(call: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
                 pages.append(kwargs.get("_continue"))
                 return await real(call, *args, **kwargs)
 
+            reduce = hub.peer_fields
+
+            def keeping(body: dict[str, Any]) -> dict[str, Any]:
+                kept.append(reduce(body))
+                return kept[-1]
+
             api._json = counting  # type: ignore[method-assign]
-            items, version = await api.list_nodes(f"{PEER}=true", page=2, keep=peer_fields)
+            monkeypatch.setattr(hub, "peer_fields", keeping)
+            registry = PeerRegistry(Keys(), "hub")
+            version = await hub.list_peers(api, registry, hub.Problems())
             api._json = real  # type: ignore[method-assign]
-            whole, _ = await api.list_nodes(f"{PEER}=true")
     assert len(pages) == 4  # 2 + 2 + 2 + 1, each after the first with a continue token
     assert pages[0] is None
     assert all(pages[1:])
-    names = [i["metadata"]["name"] for i in items]
-    assert sorted(names) == [f"peer-{i}" for i in range(7)]
-    assert sorted(names) == sorted(i["metadata"]["name"] for i in whole)
+    assert len(registry) == 7
+    assert sorted(registry.ref(f"peer-{i}").name for i in range(7)) == [
+        f"peer-{i}" for i in range(7)
+    ]
+    assert registry.ref("other").uid == "", "not a peer: never listed"
     assert version.isdigit()
-    kept = items[0]
-    assert set(kept) == {"metadata", "status"}
-    assert kept["status"] == {"addresses": [{"type": "InternalIP", "address": "10.0.0.9"}]}
-    assert "managedFields" not in kept["metadata"]
-    assert kept["metadata"]["labels"] == {PEER: "true"}
+    assert len(kept) == 7
+    assert set(kept[0]) == {"metadata", "status"}
+    assert kept[0]["status"] == {"addresses": [{"type": "InternalIP", "address": "10.0.0.9"}]}
+    assert "managedFields" not in kept[0]["metadata"]
+    assert kept[0]["metadata"]["labels"] == {PEER: "true"}

@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -164,20 +164,18 @@ class Api:
         *,
         page: int | None = None,
         cached: bool = False,
-        keep: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> tuple[list[dict[str, Any]], str]:
         """The matching Nodes and the list's resourceVersion (to start a watch from).
 
-        `keep`: what to keep of each Node, applied page by page (a kubelet's Node is
-        several KB of status the caller does not need: 10,000 of them are ~40 MB).
-        The other arguments are node_pages'.
+        The arguments are node_pages'. The hub does not hold its 10,000 Nodes as one
+        list: it takes node_pages into its registry (wgkube.operator.hub.list_peers).
         """
         items: list[dict[str, Any]] = []
         version = ""
         async for page_items, at in self.node_pages(
             label_selector, field_selector, page=page, cached=cached
         ):
-            items.extend(map(keep, page_items) if keep is not None else page_items)
+            items.extend(page_items)
             version = at
         return items, version
 
