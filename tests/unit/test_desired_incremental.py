@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -61,7 +63,7 @@ def own_key_record(r: PeerRecord) -> PeerRecord:
     """Key "hub-own" stands for the hub's own public key (a conflict of its own)."""
     if r.public_key != pub("hub-own"):
         return r
-    return r.model_copy(update={"public_key": priv("hub").public_key()})
+    return dataclasses.replace(r, public_key=priv("hub").public_key())
 
 
 def outcome(state: DesiredState, rejections: list[Rejection]) -> tuple[object, ...]:
@@ -148,3 +150,4 @@ def test_a_change_with_no_conflict_touches_only_its_own_peer() -> None:
     assert changed == {pub(7)}
     assert net("10.200.0.0/24") in kept.state().routes
     assert net("10.0.7.0/24") not in kept.state().routes
+
