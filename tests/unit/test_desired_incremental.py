@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.unit.builders import ep, iface, net, priv, pub, record
-from wgkube.desired.hub import HubDesired, hub_state
+from wgkube.desired.hub import HubDesired, _Holders, hub_state
 from wgkube.desired.model import DesiredState, DeviceSpec, Rejection
 from wgkube.desired.protected import Protected
 from wgkube.domain.annotations import HubRecord, PeerRecord
@@ -151,3 +151,18 @@ def test_a_change_with_no_conflict_touches_only_its_own_peer() -> None:
     assert net("10.200.0.0/24") in kept.state().routes
     assert net("10.0.7.0/24") not in kept.state().routes
 
+
+def test_holders_keep_one_value_bare_and_a_set_from_the_second() -> None:
+    held: _Holders[str, str] = _Holders()
+    assert held.add("10.0.0.0/24", "a") is True
+    assert held.add("10.0.0.0/24", "a") is False
+    assert list(held.of("10.0.0.0/24")) == ["a"]
+    assert held.add("10.0.0.0/24", "b") is False
+    assert set(held.of("10.0.0.0/24")) == {"a", "b"}
+    assert held.discard("10.0.0.0/24", "c") is False
+    assert held.discard("10.0.0.0/24", "a") is False
+    assert list(held.of("10.0.0.0/24")) == ["b"]
+    assert held.discard("10.0.0.0/24", "a") is False
+    assert held.discard("10.0.0.0/24", "b") is True
+    assert list(held.of("10.0.0.0/24")) == []
+    assert held.discard("10.0.0.0/24", "b") is False

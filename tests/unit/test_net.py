@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import gc
 import ipaddress
+import weakref
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+import wgkube.domain.net as net_module
 from tests.unit.builders import nets
 from wgkube.domain.errors import InvalidCIDR, InvalidEndpoint, InvalidInput
 from wgkube.domain.net import (
     DEFAULT_PORT,
     Endpoint,
+    covers,
     format_networks,
     normalize_networks,
+    overlap,
     parse_interface,
     parse_network,
     parse_networks,
+    shared_network,
+    span,
 )
 
 # -- endpoints ---------------------------------------------------------------------------------
@@ -240,3 +249,49 @@ def test_an_interface_address_keeps_the_host_and_its_network(
 def test_a_malformed_interface_address_is_refused(text: str, fault: str) -> None:
     with pytest.raises(InvalidCIDR, match=fault):
         parse_interface(text)
+
+
+def networks() -> st.SearchStrategy[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    v4 = st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 32)).map(
+        lambda t: ipaddress.IPv4Network((t[0], t[1]), strict=False)
+    )
+    v6 = st.tuples(st.integers(0, 2**128 - 1), st.integers(0, 128)).map(
+        lambda t: ipaddress.IPv6Network((t[0], t[1]), strict=False)
+    )
+    return st.one_of(v4, v6)
+
+
+@given(networks(), networks())
+def test_span_covers_and_overlap_agree_with_ipaddress(
+    a: ipaddress.IPv4Network | ipaddress.IPv6Network,
+    b: ipaddress.IPv4Network | ipaddress.IPv6Network,
+) -> None:
+    assert span(a) == (int(a.network_address), int(a.broadcast_address))
+    same = a.version == b.version
+    assert covers(a, b) == (same and b.subnet_of(a))  # type: ignore[arg-type]
+    assert overlap(a, b) == (same and a.overlaps(b))
+    around = a.supernet(new_prefix=max(0, a.prefixlen - 3))
+    assert covers(around, a)
+    assert overlap(a, around)
+
+
+def test_span_leaves_the_network_as_it_was() -> None:
+    net = ipaddress.ip_network("10.1.2.0/24")
+    covers(ipaddress.ip_network("10.0.0.0/8"), net)
+    overlap(net, ipaddress.ip_network("10.1.2.128/25"))
+    span(net)
+    assert "broadcast_address" not in vars(net)
+    assert "hostmask" not in vars(net)
+
+
+def test_a_network_read_twice_is_one_object_while_held() -> None:
+    first = parse_network("10.123.4.0/24")
+    assert shared_network("10.123.4.0/24") is first
+    assert shared_network((bytes([10, 123, 4, 0]), 24)) == first
+    gone = weakref.ref(first)
+    del first
+    gc.collect()
+    assert gone() is None, "the table keeps no network alive"
+    assert "10.123.4.0/24" not in net_module._SHARED
+    with pytest.raises(ValueError, match="host bits"):
+        shared_network("10.123.4.1/24")

@@ -6,12 +6,13 @@ import bisect
 import ipaddress
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
+from typing import Generic, TypeVar
 
 from wgkube.desired.model import CONFLICT, DesiredState, DeviceSpec, PeerSpec, Rejection
 from wgkube.desired.protected import Protected, ProtectedIndex, describe, outside_pool
 from wgkube.domain.annotations import HubRecord, PeerRecord
 from wgkube.domain.keys import PublicKey
-from wgkube.domain.net import Endpoint, IPNetwork, format_networks, normalize_networks
+from wgkube.domain.net import Endpoint, IPNetwork, format_networks, normalize_networks, span
 
 _EPOCH = datetime.min.replace(tzinfo=UTC)
 
@@ -38,7 +39,7 @@ class _Claims:
 
     def owners_of(self, net: IPNetwork) -> list[str]:
         """Who holds anything inside or around `net`: a contiguous run ending at one bisect."""
-        start, end = int(net.network_address), int(net.broadcast_address)
+        start, end = span(net)
         starts, ends = self._starts[net.version], self._ends[net.version]
         owners: list[str] = []
         i = bisect.bisect_right(starts, end) - 1
@@ -48,7 +49,7 @@ class _Claims:
         return owners
 
     def grant(self, net: IPNetwork, owner: str) -> None:
-        start, end = int(net.network_address), int(net.broadcast_address)
+        start, end = span(net)
         i = bisect.bisect_left(self._starts[net.version], start)
         self._starts[net.version].insert(i, start)
         self._ends[net.version].insert(i, end)
@@ -204,6 +205,54 @@ def hub_state(
     return DesiredState(device=device, peers=peers, routes=routes), rejections
 
 
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _Holders(Generic[K, V]):
+    """Each key's holders. Nearly every key has one, kept as the bare value; a set is
+    made at the second (a set per key is ~200 B: 2 MB per index at 10,000 peers, and a
+    resync builds a second state beside the current one). V is never a set itself."""
+
+    __slots__ = ("_by",)
+
+    def __init__(self) -> None:
+        self._by: dict[K, V | set[V]] = {}
+
+    def add(self, key: K, value: V) -> bool:
+        """True when `key` had no holder before."""
+        held = self._by.get(key)
+        if held is None:
+            self._by[key] = value
+            return True
+        if isinstance(held, set):
+            held.add(value)
+        elif held != value:
+            self._by[key] = {held, value}
+        return False
+
+    def discard(self, key: K, value: V) -> bool:
+        """True when `key` has no holder left (and had one)."""
+        held = self._by.get(key)
+        if held is None:
+            return False
+        if isinstance(held, set):
+            held.discard(value)
+            if len(held) == 1:
+                self._by[key] = next(iter(held))
+            return False
+        if held != value:
+            return False
+        del self._by[key]
+        return True
+
+    def of(self, key: K) -> Iterable[V]:
+        held = self._by.get(key)
+        if held is None:
+            return ()
+        return held if isinstance(held, set) else (held,)
+
+
 class _NetIndex:
     """Which names claim a prefix that overlaps a given one, without scanning them all.
 
@@ -212,26 +261,18 @@ class _NetIndex:
     """
 
     def __init__(self) -> None:
-        self._exact: dict[IPNetwork, set[str]] = {}
+        self._exact: _Holders[IPNetwork, str] = _Holders()
         self._sorted: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
         self._at: dict[tuple[int, int, int], IPNetwork] = {}
 
     def add(self, net: IPNetwork, name: str) -> None:
-        holders = self._exact.get(net)
-        if holders is None:
-            self._exact[net] = holders = set()
+        if self._exact.add(net, name):
             spot = (int(net.network_address), net.prefixlen)
             bisect.insort(self._sorted[net.version], spot)
             self._at[(net.version, *spot)] = net
-        holders.add(name)
 
     def discard(self, net: IPNetwork, name: str) -> None:
-        holders = self._exact.get(net)
-        if holders is None:
-            return
-        holders.discard(name)
-        if not holders:
-            del self._exact[net]
+        if self._exact.discard(net, name):
             spot = (int(net.network_address), net.prefixlen)
             items = self._sorted[net.version]
             del items[bisect.bisect_left(items, spot)]
@@ -239,16 +280,18 @@ class _NetIndex:
 
     def overlapping(self, net: IPNetwork) -> set[str]:
         out: set[str] = set()
-        start, end = int(net.network_address), int(net.broadcast_address)
+        start, end = span(net)
         items = self._sorted[net.version]
         i = bisect.bisect_left(items, (start, -1))
         while i < len(items) and items[i][0] <= end:
-            out |= self._exact[self._at[(net.version, *items[i])]]
+            out.update(self._exact.of(self._at[(net.version, *items[i])]))
             i += 1
-        for length in range(net.prefixlen):
-            holders = self._exact.get(net.supernet(new_prefix=length))
-            if holders:
-                out |= holders
+        bits = net.max_prefixlen
+        for length in range(net.prefixlen):  # the blocks around it, by their first address
+            shift = bits - length
+            around = self._at.get((net.version, start >> shift << shift, length))
+            if around is not None:
+                out.update(self._exact.of(around))
         return out
 
 
@@ -256,35 +299,27 @@ class _HostIndex:
     """Addresses (endpoints) by owner, answering "which lie inside this prefix"."""
 
     def __init__(self) -> None:
-        self._owners: dict[tuple[int, int], set[object]] = {}
+        self._owners: _Holders[tuple[int, int], object] = _Holders()
         self._sorted: dict[int, list[int]] = {4: [], 6: []}
 
     def add(self, host: IPNetwork, owner: object) -> None:
         spot = (host.version, int(host.network_address))
-        owners = self._owners.get(spot)
-        if owners is None:
-            self._owners[spot] = owners = set()
+        if self._owners.add(spot, owner):
             bisect.insort(self._sorted[host.version], spot[1])
-        owners.add(owner)
 
     def discard(self, host: IPNetwork, owner: object) -> None:
         spot = (host.version, int(host.network_address))
-        owners = self._owners.get(spot)
-        if owners is None:
-            return
-        owners.discard(owner)
-        if not owners:
-            del self._owners[spot]
+        if self._owners.discard(spot, owner):
             items = self._sorted[host.version]
             del items[bisect.bisect_left(items, spot[1])]
 
     def inside(self, net: IPNetwork) -> set[object]:
         out: set[object] = set()
         items = self._sorted[net.version]
-        i = bisect.bisect_left(items, int(net.network_address))
-        end = int(net.broadcast_address)
+        start, end = span(net)
+        i = bisect.bisect_left(items, start)
         while i < len(items) and items[i] <= end:
-            out |= self._owners[(net.version, items[i])]
+            out.update(self._owners.of((net.version, items[i])))
             i += 1
         return out
 
@@ -325,7 +360,7 @@ class HubDesired:
         self._learned: dict[PublicKey, Endpoint] = {}
         self._learned_hosts = _HostIndex()
         self._records: dict[str, PeerRecord] = {}
-        self._by_key: dict[PublicKey, set[str]] = {}
+        self._by_key: _Holders[PublicKey, str] = _Holders()
         self._nets = _NetIndex()
         self._endpoints = _HostIndex()
         self._peers: dict[PublicKey, PeerSpec] = {}
@@ -396,7 +431,7 @@ class HubDesired:
     # -- internals ---------------------------------------------------------------------
     def _index(self, record: PeerRecord) -> None:
         self._records[record.node] = record
-        self._by_key.setdefault(record.public_key, set()).add(record.node)
+        self._by_key.add(record.public_key, record.node)
         for net in record.allowed_ips:
             self._nets.add(net, record.node)
         if record.endpoint is not None:
@@ -404,10 +439,7 @@ class HubDesired:
 
     def _unindex(self, record: PeerRecord) -> None:
         del self._records[record.node]
-        holders = self._by_key[record.public_key]
-        holders.discard(record.node)
-        if not holders:
-            del self._by_key[record.public_key]
+        self._by_key.discard(record.public_key, record.node)
         for net in record.allowed_ips:
             self._nets.discard(net, record.node)
         if record.endpoint is not None:
@@ -415,13 +447,13 @@ class HubDesired:
 
     def _related(self, record: PeerRecord) -> set[str]:
         """The Nodes whose outcome can depend on `record`'s, or it on theirs."""
-        out = set(self._by_key.get(record.public_key, ()))
+        out = set(self._by_key.of(record.public_key))
         for net in record.allowed_ips:
             out |= self._nets.overlapping(net)
             out |= {str(n) for n in self._endpoints.inside(net)}
             for key in self._learned_hosts.inside(net):
                 if isinstance(key, PublicKey):
-                    out |= self._by_key.get(key, set())
+                    out.update(self._by_key.of(key))
         hosts = [record.endpoint] if record.endpoint is not None else []
         if (learned := self._learned.get(record.public_key)) is not None:
             hosts.append(learned)

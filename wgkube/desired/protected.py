@@ -14,7 +14,7 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from wgkube.domain.net import IPAddress, IPInterface, IPNetwork
+from wgkube.domain.net import IPAddress, IPInterface, IPNetwork, covers, overlap, span
 
 PROTOCOL_NAMES = {
     0: "unspec",
@@ -166,33 +166,29 @@ class ProtectedIndex:
     def covered(self, net: IPNetwork) -> Protected | None:
         """What `net` would capture, the most telling first: a whole protected network,
         else the first protected address inside it, else a network it lies in."""
-        whole = [p for p in self._nets if _within(p.network, net)]
+        whole = [p for p in self._nets if covers(net, p.network)]
         if whole:
             return whole[0]
         if net in self._exact:
             return self._exact[net]
         keys = self._keys[net.version]
         i = bisect.bisect_left(keys, int(net.network_address))
-        if i < len(keys) and keys[i] <= int(net.broadcast_address):
+        if i < len(keys) and keys[i] <= span(net)[1]:
             return self._hosts[net.version][i]
-        return next((p for p in self._nets if p.network.overlaps(net)), None)
-
-
-def _within(inner: IPNetwork, outer: IPNetwork) -> bool:
-    return inner.version == outer.version and inner.subnet_of(outer)  # type: ignore[arg-type]
+        return next((p for p in self._nets if overlap(p.network, net)), None)
 
 
 def describe(net: IPNetwork, protected: Protected) -> str:
     """ "allowed-ips 10.0.0.0/8 covers the API server address 10.0.0.1"."""
     if protected.exact:
         return f"allowed-ips {net} is {protected.what}"
-    verb = "covers" if _within(protected.network, net) else "overlaps"
+    verb = "covers" if covers(net, protected.network) else "overlaps"
     return f"allowed-ips {net} {verb} {protected.what}"
 
 
 def outside_pool(nets: Sequence[IPNetwork], pool: Sequence[IPNetwork]) -> IPNetwork | None:
     """The first prefix that lies in no network of `pool` (--peer-cidrs), else None."""
     for net in nets:
-        if not any(_within(net, p) for p in pool):
+        if not any(covers(p, net) for p in pool):
             return net
     return None

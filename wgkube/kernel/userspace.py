@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import errno
 import io
-import ipaddress
 import logging
 import os
 import shlex
@@ -31,7 +30,7 @@ from wgkube.domain.errors import (
     PortInUse,
 )
 from wgkube.domain.keys import PresharedKey, PrivateKey, PublicKey
-from wgkube.domain.net import Endpoint, IPNetwork
+from wgkube.domain.net import Endpoint, IPNetwork, shared_network
 from wgkube.kernel.base import RtnlBackedKernel, WgDevice, WgOperation
 from wgkube.kernel.port import MAIN_TABLE, ROUTE_PROTOCOL
 
@@ -327,7 +326,7 @@ def _parse_get(pairs: Iterable[tuple[str, str]]) -> WgDevice:
                 peers[current.key] = current.observed()
             current = _PeerReply(PublicKey(bytes.fromhex(value)))
         elif current is not None and key == "allowed_ip":
-            current.allowed.add(ipaddress.ip_network(value))
+            current.allowed.add(shared_network(value))
         elif current is not None:
             current.values[key] = value
         elif key == "private_key" and value != _ZERO_HEX:
