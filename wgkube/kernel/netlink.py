@@ -33,10 +33,10 @@ from wgkube.domain.errors import (
     PortInUse,
 )
 from wgkube.domain.keys import PresharedKey, PrivateKey, PublicKey
-from wgkube.domain.net import Endpoint, IPNetwork
+from wgkube.domain.net import Endpoint, IPNetwork, shared_network
 from wgkube.kernel.base import RtnlBackedKernel, WgDevice, WgOperation
 from wgkube.kernel.port import MAIN_TABLE, ROUTE_PROTOCOL
-from wgkube.kernel.rtnl import translate
+from wgkube.kernel.rtnl import collect_cycles, translate
 
 MAX_PEERS_BYTES = 60_000
 """Encoded size at which a WGDEVICE_A_PEERS list is cut: its length field has 16 bits."""
@@ -110,27 +110,10 @@ class NetlinkKernel(RtnlBackedKernel):
             translate(exc, f"read wireguard device {ifname}")
         if not messages:
             raise DeviceNotFound(f"interface {ifname}: no wireguard device")
-        first = messages[0]
-        private = first.get_attr("WGDEVICE_A_PRIVATE_KEY")
-        private_key = PrivateKey.parse(private.decode()) if private else None
-        if private_key is not None and private_key.raw == bytes(32):
-            private_key = None
-        # A large device comes in several messages; a peer whose allowed IPs do not fit
-        # continues in the next one under the same public key.
-        peers: dict[PublicKey, _PeerDump] = {}
-        for msg in messages:
-            for attr in msg.get_attr("WGDEVICE_A_PEERS") or ():
-                key = PublicKey.parse(attr.get_attr("WGPEER_A_PUBLIC_KEY").decode())
-                acc = peers.get(key)
-                if acc is None:
-                    acc = peers[key] = _PeerDump(key)
-                acc.merge(attr)
-        return WgDevice(
-            private_key=private_key,
-            listen_port=int(first.get_attr("WGDEVICE_A_LISTEN_PORT") or 0),
-            fwmark=int(first.get_attr("WGDEVICE_A_FWMARK") or 0),
-            peers={k: p.observed() for k, p in peers.items()},
-        )
+        device = _decode_device(messages)
+        del messages  # the last reference to pyroute2's (cyclic) messages
+        collect_cycles(len(device.peers))
+        return device
 
     # -- write -------------------------------------------------------------------------------
     async def _wg_write(self, ifname: str, ops: Sequence[WgOperation]) -> None:
@@ -292,7 +275,7 @@ class _PeerDump:
             # pyroute2 decodes the address as a hex dump ("0a:00:00:01").
             raw = bytes.fromhex(ip.get_attr("WGALLOWEDIP_A_IPADDR").replace(":", ""))
             mask = ip.get_attr("WGALLOWEDIP_A_CIDR_MASK")
-            self.allowed.add(ipaddress.ip_network((raw, mask)))
+            self.allowed.add(shared_network((raw, mask)))
 
     def observed(self) -> ObservedPeer:
         a = self.attrs
@@ -312,3 +295,27 @@ class _PeerDump:
             rx_bytes=int(a.get("WGPEER_A_RX_BYTES") or 0),
             tx_bytes=int(a.get("WGPEER_A_TX_BYTES") or 0),
         )
+
+
+def _decode_device(messages: list[Any]) -> WgDevice:
+    """The device from its dump: a large device comes in several messages, and a peer
+    whose allowed IPs do not fit continues in the next one under the same public key."""
+    first = messages[0]
+    private = first.get_attr("WGDEVICE_A_PRIVATE_KEY")
+    private_key = PrivateKey.parse(private.decode()) if private else None
+    if private_key is not None and private_key.raw == bytes(32):
+        private_key = None
+    peers: dict[PublicKey, _PeerDump] = {}
+    for msg in messages:
+        for attr in msg.get_attr("WGDEVICE_A_PEERS") or ():
+            key = PublicKey.parse(attr.get_attr("WGPEER_A_PUBLIC_KEY").decode())
+            acc = peers.get(key)
+            if acc is None:
+                acc = peers[key] = _PeerDump(key)
+            acc.merge(attr)
+    return WgDevice(
+        private_key=private_key,
+        listen_port=int(first.get_attr("WGDEVICE_A_LISTEN_PORT") or 0),
+        fwmark=int(first.get_attr("WGDEVICE_A_FWMARK") or 0),
+        peers={k: p.observed() for k, p in peers.items()},
+    )
