@@ -172,3 +172,9 @@ async def test_the_host_view_names_addresses_gateways_and_networks_but_not_the_d
     # The device's own addresses and connected routes, and routes of ours, are no hazard.
     assert not covered & {net("100.96.0.1/32"), net("100.96.0.0/24"), net("10.2.0.0/24")}
     assert not covered & {net("10.3.0.0/24"), net(OTHER_DEVICE)}
+    # The hub reads the host without its own routes (its peers' prefixes): the same set.
+    own = {r.network for r in routes if r.protocol == 87}
+    assert {net("10.2.0.0/24"), net("10.3.0.0/24")} <= own
+    skipped_addresses, without_own = await kernel.rtnl.host(skip_protocol=87)
+    assert without_own == [r for r in routes if r.protocol != 87]
+    assert skipped_addresses == addresses

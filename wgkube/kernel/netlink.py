@@ -36,7 +36,7 @@ from wgkube.domain.keys import PresharedKey, PrivateKey, PublicKey
 from wgkube.domain.net import Endpoint, IPNetwork, shared_network
 from wgkube.kernel.base import RtnlBackedKernel, WgDevice, WgOperation
 from wgkube.kernel.port import MAIN_TABLE, ROUTE_PROTOCOL
-from wgkube.kernel.rtnl import collect_cycles, translate
+from wgkube.kernel.rtnl import dump_messages, translate
 
 MAX_PEERS_BYTES = 60_000
 """Encoded size at which a WGDEVICE_A_PEERS list is cut: its length field has 16 bits."""
@@ -104,15 +104,16 @@ class NetlinkKernel(RtnlBackedKernel):
     # -- read --------------------------------------------------------------------------------
     async def _wg_read(self, ifname: str) -> WgDevice:
         wg = await self._conn()
+        dump = _DeviceDump()
         try:
-            messages = [m async for m in await wg.info(ifname)]
+            # Message by message: each is released (freed) once read, not held to the end.
+            async for msg in dump_messages(await wg.info(ifname)):
+                dump.add(msg)
         except NetlinkError as exc:
             translate(exc, f"read wireguard device {ifname}")
-        if not messages:
+        device = dump.device()
+        if device is None:
             raise DeviceNotFound(f"interface {ifname}: no wireguard device")
-        device = _decode_device(messages)
-        del messages  # the last reference to pyroute2's (cyclic) messages
-        collect_cycles(len(device.peers))
         return device
 
     # -- write -------------------------------------------------------------------------------
@@ -250,24 +251,37 @@ def _allowed_ip(net: IPNetwork) -> dict[str, Any]:
 
 @dataclass
 class _PeerDump:
-    """One peer gathered over the messages of a dump."""
+    """One peer's attributes as plain values (never pyroute2's objects: the message is
+    released once read), merged over the messages it spans."""
 
     key: PublicKey
     allowed: set[IPNetwork] = field(default_factory=set)
-    attrs: dict[str, Any] = field(default_factory=dict)
+    preshared: PresharedKey | None = None
+    endpoint: Endpoint | None = None
+    keepalive: int = 0
+    handshake: float = 0.0
+    rx_bytes: int = 0
+    tx_bytes: int = 0
 
     def merge(self, attr: Any) -> None:
-        for name in (
-            "WGPEER_A_PRESHARED_KEY",
-            "WGPEER_A_ENDPOINT",
-            "WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL",
-            "WGPEER_A_LAST_HANDSHAKE_TIME",
-            "WGPEER_A_RX_BYTES",
-            "WGPEER_A_TX_BYTES",
-        ):
-            value = attr.get_attr(name)
-            if value is not None:
-                self.attrs[name] = value
+        psk = attr.get_attr("WGPEER_A_PRESHARED_KEY")
+        if psk is not None:
+            preshared = PresharedKey.parse(psk.decode())
+            self.preshared = None if preshared.is_zero else preshared
+        endpoint = attr.get_attr("WGPEER_A_ENDPOINT")
+        if endpoint is not None and endpoint.get("addr") not in (None, "0.0.0.0", "::"):
+            self.endpoint = Endpoint(ipaddress.ip_address(endpoint["addr"]), int(endpoint["port"]))
+        keepalive = attr.get_attr("WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL")
+        if keepalive is not None:
+            self.keepalive = int(keepalive)
+        handshake = attr.get_attr("WGPEER_A_LAST_HANDSHAKE_TIME")
+        if handshake is not None:
+            self.handshake = handshake["tv_sec"] + handshake["tv_nsec"] / 1e9
+        rx, tx = attr.get_attr("WGPEER_A_RX_BYTES"), attr.get_attr("WGPEER_A_TX_BYTES")
+        if rx is not None:
+            self.rx_bytes = int(rx)
+        if tx is not None:
+            self.tx_bytes = int(tx)
         for ip in attr.get_attr("WGPEER_A_ALLOWEDIPS") or ():
             family = ip.get_attr("WGALLOWEDIP_A_FAMILY")
             if family is None:
@@ -278,44 +292,52 @@ class _PeerDump:
             self.allowed.add(shared_network((raw, mask)))
 
     def observed(self) -> ObservedPeer:
-        a = self.attrs
-        psk = a.get("WGPEER_A_PRESHARED_KEY")
-        preshared = PresharedKey.parse(psk.decode()) if psk else None
-        endpoint = a.get("WGPEER_A_ENDPOINT")
-        handshake = a.get("WGPEER_A_LAST_HANDSHAKE_TIME")
         return ObservedPeer(
             public_key=self.key,
-            endpoint=Endpoint(ipaddress.ip_address(endpoint["addr"]), int(endpoint["port"]))
-            if endpoint is not None and endpoint.get("addr") not in (None, "0.0.0.0", "::")
-            else None,
+            endpoint=self.endpoint,
             allowed_ips=frozenset(self.allowed),
-            persistent_keepalive=int(a.get("WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL") or 0),
-            preshared_key=None if preshared is None or preshared.is_zero else preshared,
-            last_handshake=(handshake["tv_sec"] + handshake["tv_nsec"] / 1e9) if handshake else 0.0,
-            rx_bytes=int(a.get("WGPEER_A_RX_BYTES") or 0),
-            tx_bytes=int(a.get("WGPEER_A_TX_BYTES") or 0),
+            persistent_keepalive=self.keepalive,
+            preshared_key=self.preshared,
+            last_handshake=self.handshake,
+            rx_bytes=self.rx_bytes,
+            tx_bytes=self.tx_bytes,
         )
 
 
-def _decode_device(messages: list[Any]) -> WgDevice:
-    """The device from its dump: a large device comes in several messages, and a peer
-    whose allowed IPs do not fit continues in the next one under the same public key."""
-    first = messages[0]
-    private = first.get_attr("WGDEVICE_A_PRIVATE_KEY")
-    private_key = PrivateKey.parse(private.decode()) if private else None
-    if private_key is not None and private_key.raw == bytes(32):
-        private_key = None
-    peers: dict[PublicKey, _PeerDump] = {}
-    for msg in messages:
+@dataclass
+class _DeviceDump:
+    """The device from its dump, one message at a time: a large device comes in several
+    messages, and a peer whose allowed IPs do not fit continues in the next one under
+    the same public key."""
+
+    private_key: PrivateKey | None = None
+    listen_port: int = 0
+    fwmark: int = 0
+    peers: dict[PublicKey, _PeerDump] = field(default_factory=dict)
+    messages: int = 0
+
+    def add(self, msg: Any) -> None:
+        if not self.messages:
+            private = msg.get_attr("WGDEVICE_A_PRIVATE_KEY")
+            own = PrivateKey.parse(private.decode()) if private else None
+            self.private_key = None if own is None or own.raw == bytes(32) else own
+            self.listen_port = int(msg.get_attr("WGDEVICE_A_LISTEN_PORT") or 0)
+            self.fwmark = int(msg.get_attr("WGDEVICE_A_FWMARK") or 0)
+        self.messages += 1
         for attr in msg.get_attr("WGDEVICE_A_PEERS") or ():
             key = PublicKey.parse(attr.get_attr("WGPEER_A_PUBLIC_KEY").decode())
-            acc = peers.get(key)
+            acc = self.peers.get(key)
             if acc is None:
-                acc = peers[key] = _PeerDump(key)
+                acc = self.peers[key] = _PeerDump(key)
             acc.merge(attr)
-    return WgDevice(
-        private_key=private_key,
-        listen_port=int(first.get_attr("WGDEVICE_A_LISTEN_PORT") or 0),
-        fwmark=int(first.get_attr("WGDEVICE_A_FWMARK") or 0),
-        peers={k: p.observed() for k, p in peers.items()},
-    )
+
+    def device(self) -> WgDevice | None:
+        """None: no message came (no such device)."""
+        if not self.messages:
+            return None
+        return WgDevice(
+            private_key=self.private_key,
+            listen_port=self.listen_port,
+            fwmark=self.fwmark,
+            peers={k: p.observed() for k, p in self.peers.items()},
+        )

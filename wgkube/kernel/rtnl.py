@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import gc
 import ipaddress
 import os
 import struct
@@ -18,7 +17,14 @@ from socket import AF_INET, AF_INET6
 from typing import Any, NoReturn
 
 from pyroute2 import AsyncIPRoute
-from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST
+from pyroute2.netlink import (
+    NLM_F_ACK,
+    NLM_F_CREATE,
+    NLM_F_EXCL,
+    NLM_F_REQUEST,
+    nla_slot,
+    nlmsg_base,
+)
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.nlsocket import NetlinkRequest
 from pyroute2.netlink.rtnl import RTM_NEWROUTE
@@ -234,7 +240,7 @@ class Rtnl:
         ipr = await self._conn()
         found: set[IPInterface] = set()
         try:
-            async for msg in _aiter(await ipr.addr("dump", index=index)):
+            async for msg in dump_messages(await ipr.addr("dump", index=index)):
                 if msg["index"] != index:
                     continue
                 addr = msg.get_attr("IFA_ADDRESS")
@@ -288,7 +294,7 @@ class Rtnl:
         for family in (AF_INET, AF_INET6):
             try:
                 dump = await ipr.route("dump", family=family, table=table, proto=protocol)
-                async for msg in _aiter(dump):
+                async for msg in dump_messages(dump):
                     if msg["proto"] != protocol or msg.get_attr("RTA_MULTIPATH"):
                         continue
                     if (msg.get_attr("RTA_TABLE") or msg["table"]) != table:
@@ -310,7 +316,7 @@ class Rtnl:
         found: set[IPNetwork] = set()
         for family in (AF_INET, AF_INET6):
             try:
-                async for msg in _aiter(await ipr.route("dump", family=family, table=table)):
+                async for msg in dump_messages(await ipr.route("dump", family=family, table=table)):
                     if msg["type"] != RTN_UNICAST or msg["proto"] == protocol:
                         continue
                     if (msg.get_attr("RTA_TABLE") or msg["table"]) != table:
@@ -402,7 +408,7 @@ class Rtnl:
         metric = 0 if network.version == 4 else IPV6_DEFAULT_METRIC
         found: list[tuple[int, IPAddress | None]] = []
         try:
-            async for msg in _aiter(await ipr.route("dump", family=family, table=table)):
+            async for msg in dump_messages(await ipr.route("dump", family=family, table=table)):
                 if (msg.get_attr("RTA_TABLE") or msg["table"]) != table:
                     continue
                 if (
@@ -426,7 +432,7 @@ class Rtnl:
         for family in (AF_INET, AF_INET6):
             try:
                 dump = await ipr.route("dump", family=family, table=table, proto=protocol)
-                async for msg in _aiter(dump):
+                async for msg in dump_messages(dump):
                     if msg["proto"] != protocol or msg.get_attr("RTA_OIF") != index:
                         continue
                     if (msg.get_attr("RTA_TABLE") or msg["table"]) != table:
@@ -556,7 +562,7 @@ class Rtnl:
         metric = 0 if net.version == 4 else IPV6_DEFAULT_METRIC
         found: list[tuple[int, int, Any]] = []
         try:
-            async for msg in _aiter(await ipr.route("dump", family=family, table=table)):
+            async for msg in dump_messages(await ipr.route("dump", family=family, table=table)):
                 if (msg.get_attr("RTA_TABLE") or msg["table"]) != table:
                     continue
                 if _route_network(msg, family) != net:
@@ -596,24 +602,27 @@ class Rtnl:
             translate(exc, f"remove route {net}")
 
     # -- the host, for the set of things no peer may capture ----------------------------
-    async def host(self) -> tuple[list[HostAddress], list[HostRoute]]:
-        """Every address and every unicast route outside the local table, as read."""
+    async def host(
+        self, *, skip_protocol: int | None = None
+    ) -> tuple[list[HostAddress], list[HostRoute]]:
+        """Every address and every unicast route outside the local table, as read;
+        routes of `skip_protocol` (wg-kube's own: 10,000 at a large hub) left out."""
         ipr = await self._conn()
         names: dict[int, str] = {}
         addresses: list[HostAddress] = []
         routes: list[HostRoute] = []
         try:
-            async for msg in _aiter(await ipr.link("dump")):
+            async for msg in dump_messages(await ipr.link("dump")):
                 names[int(msg["index"])] = str(msg.get_attr("IFLA_IFNAME"))
-            async for msg in _aiter(await ipr.addr("dump")):
+            async for msg in dump_messages(await ipr.addr("dump")):
                 addr = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
                 if addr is None:
                     continue
                 interface = ipaddress.ip_interface(f"{addr}/{msg['prefixlen']}")
                 addresses.append(HostAddress(interface, names.get(msg["index"], "?")))
             for family in (AF_INET, AF_INET6):
-                async for msg in _aiter(await ipr.route("dump", family=family)):
-                    if msg["type"] != RTN_UNICAST:
+                async for msg in dump_messages(await ipr.route("dump", family=family)):
+                    if msg["type"] != RTN_UNICAST or msg["proto"] == skip_protocol:
                         continue
                     if (msg.get_attr("RTA_TABLE") or msg["table"]) == LOCAL_TABLE:
                         continue
@@ -647,44 +656,55 @@ DUMP_TURN = 128
 """Messages of a dump decoded between two turns of the event loop."""
 
 
-async def _aiter(result: Any) -> AsyncIterator[Any]:
+async def dump_messages(result: Any) -> AsyncIterator[Any]:
     """pyroute2 dumps answer with an async iterator; some calls with a plain list.
 
     A dump whose answers are already queued never suspends: 10,000 routes are ~0.7 s
     of decoding in one stretch, which a Node change arriving then (the kernel resync
     reads them every minute) would wait out. Every DUMP_TURN messages the loop gets a
-    turn.
+    turn. Each message is released (`release`) once the reader asks for the next one:
+    a reader keeps what it reads of a message, never the message itself.
     """
     count = 0
     if hasattr(result, "__aiter__"):
         async for item in result:
             yield item
+            release(item)
             count += 1
             if count % DUMP_TURN == 0:
                 await asyncio.sleep(0)
     else:
         for item in result:
             yield item
-    collect_cycles(count)
+            release(item)
 
 
-LARGE_DUMP = 1000
-"""Decoded netlink messages (or WireGuard peers) from which a read frees its own garbage."""
+def release(msg: Any) -> None:
+    """Break the reference cycles of a decoded pyroute2 message, so that refcounting
+    frees it as soon as the reader drops it.
 
-
-def collect_cycles(decoded: int) -> None:
-    """Free what a large dump left, at once.
-
-    pyroute2's messages and attributes are reference cycles (each keeps `chain = [self]`,
-    each attribute its message), so refcounting never frees them: a dump of 10,000
-    routes left ~1M objects (~25 MB) to the cyclic collector, which got to them only at
-    its next full collection, after the next dump had added its own. That was the
-    largest share of the hub's peak RSS at 10,000 peers. One full collection after a
-    read of at least LARGE_DUMP messages frees them (tens of ms at 10,000, a few reads
-    per resync); smaller reads leave it to the collector's own schedule.
+    Every pyroute2 message and attribute keeps `chain = [self]`, and some attributes
+    their parent (`own_parent`): refcounting alone never frees one. A dump of 10,000
+    routes left ~1M objects (~25 MB at 10,000 peers) to the cyclic collector, which the
+    hub's collector thresholds (wgkube.startup.tune_gc) reach only at a full collection,
+    after the next dump has added its own. Clearing those two links in the message and
+    every attribute under it (~2.5 us a route) leaves no cycle; a full collection after
+    each large dump would cost tens of ms beside the hub's heap, and the dump would
+    still be held whole until it ran.
     """
-    if decoded >= LARGE_DUMP:
-        gc.collect()
+    stack = [msg]
+    while stack:
+        obj = stack.pop()
+        if not isinstance(obj, nlmsg_base):
+            continue
+        obj.chain = None
+        obj.parent = None
+        for slot in dict.get(obj, "attrs", ()):
+            if isinstance(slot, nla_slot):
+                stack.append(slot.cell[1])
+        value = getattr(obj, "value", None)  # the entries of an array attribute
+        if isinstance(value, list):
+            stack.extend(value)
 
 
 def _holders_text(holders: list[tuple[int, IPAddress | None]]) -> str:

@@ -129,7 +129,7 @@ async def read_guard(settings: HubSettings, kernel: Kernel, api_url: str) -> Gua
     endpoints WireGuard learned. Read at start and at every resync: a few dumps."""
     protected = api_server_protected(await api_server_addresses(api_url))
     if isinstance(kernel, RtnlBackedKernel):
-        addresses, routes = await kernel.rtnl.host()
+        addresses, routes = await kernel.rtnl.host(skip_protocol=settings.route_protocol)
         protected += host_protected(
             addresses, routes, wireguard=settings.interface, own_protocol=settings.route_protocol
         )
