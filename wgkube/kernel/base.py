@@ -6,6 +6,7 @@ They differ only in how the WireGuard device itself is made, read and configured
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -62,6 +63,7 @@ class RtnlBackedKernel:
         self.route_protocol = route_protocol
         self.route_table = route_table
         self.rtnl = Rtnl(netns)
+        self._reads: dict[str, asyncio.Task[WgDevice]] = {}
 
     # -- to provide ----------------------------------------------------------------------
     async def _create_link(self, ifname: str) -> None:
@@ -81,7 +83,7 @@ class RtnlBackedKernel:
         if link is None:
             return ABSENT
         try:
-            wg = await self._wg_read(ifname)
+            wg = await self._device(ifname, join=False)
         except DeviceNotFound:
             return ABSENT  # deleted between the two reads
         return ObservedState(
@@ -104,9 +106,33 @@ class RtnlBackedKernel:
 
     async def peers(self, ifname: str) -> Mapping[PublicKey, ObservedPeer] | None:
         try:
-            return (await self._wg_read(ifname)).peers
+            return (await self._device(ifname, join=True)).peers
         except DeviceNotFound:
             return None
+
+    async def _device(self, ifname: str, *, join: bool) -> WgDevice:
+        """One read of the device. `join`: a read of it already under way answers this
+        call too (`peers`: the metrics, the health reporter, the guard's learned
+        endpoints show the device as of a few ms ago). 10,000 peers are ~10 MB while a
+        read holds them, and the reporter's 10 s cadence met the hub's 60 s kernel
+        resync at every resync: two reads held at once. `observe` never joins: a
+        reconcile must read what its own last apply left."""
+        current = self._reads.get(ifname)
+        if join and current is not None:
+            try:
+                return await asyncio.shield(current)
+            except asyncio.CancelledError:
+                me = asyncio.current_task()
+                if me is not None and me.cancelling():
+                    raise
+                # The read it joined was cancelled with its caller: this one reads anew.
+        task = asyncio.ensure_future(self._wg_read(ifname))
+        self._reads[ifname] = task
+        try:
+            return await task
+        finally:
+            if self._reads.get(ifname) is task:
+                del self._reads[ifname]
 
     async def apply(self, ifname: str, ops: Sequence[Operation]) -> None:
         index: int | None = None
