@@ -10,13 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import io
 import logging
 import os
 import shlex
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -145,10 +144,18 @@ class UserspaceKernel(RtnlBackedKernel):
 
     # -- UAPI ------------------------------------------------------------------------------
     async def _uapi(self, ifname: str, lines: Sequence[str]) -> list[tuple[str, str]]:
-        return _reply_pairs(ifname, lines, await self._uapi_raw(ifname, lines))
+        pairs: list[tuple[str, str]] = []
+        async with contextlib.aclosing(self._uapi_blocks(ifname, lines)) as blocks:
+            async for block in blocks:
+                pairs.extend(block)
+        return pairs
 
-    async def _uapi_raw(self, ifname: str, lines: Sequence[str]) -> bytes:
-        """One UAPI request; the reply as it came, up to its closing `errno=N` line."""
+    async def _uapi_blocks(
+        self, ifname: str, lines: Sequence[str]
+    ) -> AsyncGenerator[list[tuple[str, str]], None]:
+        """One UAPI request; its reply's key=value pairs as they arrive, a block per read
+        of the socket, up to its closing `errno=N` line (a non-zero errno is raised as
+        what it means). The reply is never held whole: 10,000 peers are ~3.4 MB of it."""
         path = self.socket_path(ifname)
         try:
             reader, writer = await asyncio.open_unix_connection(str(path))
@@ -156,17 +163,20 @@ class UserspaceKernel(RtnlBackedKernel):
             raise DeviceNotFound(f"interface {ifname}: no UAPI socket at {path}") from exc
         except OSError as exc:
             raise KernelError(f"interface {ifname}: cannot connect to {path}: {exc}") from exc
+        reply = _Reply(ifname, lines)
+        # A deadline for the whole request, entered around each wait only: a timeout
+        # scope must not span a yield (it would cancel the reader's own work).
+        deadline = asyncio.get_running_loop().time() + UAPI_TIMEOUT
         try:
-            async with asyncio.timeout(UAPI_TIMEOUT):
+            async with asyncio.timeout_at(deadline):
                 writer.write(("\n".join(lines) + "\n\n").encode())
                 await writer.drain()
-                reply = bytearray()
-                while not _complete(reply):
+            while not reply.complete:
+                async with asyncio.timeout_at(deadline):
                     chunk = await reader.read(UAPI_CHUNK)
-                    if not chunk:
-                        raise KernelError(f"interface {ifname}: UAPI closed without errno")
-                    reply += chunk
-                return bytes(reply)
+                if not chunk:
+                    raise KernelError(f"interface {ifname}: UAPI closed without errno")
+                yield reply.feed(chunk)
         except (OSError, TimeoutError) as exc:
             raise KernelError(f"interface {ifname}: UAPI request failed: {exc!r}") from exc
         finally:
@@ -175,10 +185,18 @@ class UserspaceKernel(RtnlBackedKernel):
                 await writer.wait_closed()
 
     async def _wg_read(self, ifname: str) -> WgDevice:
-        raw = await self._uapi_raw(ifname, ["get=1"])
-        # 10,000 peers are ~60,000 lines: parsed in a thread, so the event loop (a Node
-        # change, a probe) gets its turns meanwhile instead of waiting ~0.3 s.
-        return await asyncio.to_thread(_parse_reply, ifname, raw)
+        # 10,000 peers are ~60,000 lines, parsed as they arrive, a socket read at a time
+        # (~200 peers, a few ms), the event loop (a Node change, a probe) getting a turn
+        # after each, instead of waiting ~0.3 s for all of them.
+        parser = _GetParser()
+        try:
+            async with contextlib.aclosing(self._uapi_blocks(ifname, ["get=1"])) as blocks:
+                async for block in blocks:
+                    parser.feed(block)
+                    await asyncio.sleep(0)
+        except (ValueError, InvalidInput) as exc:
+            raise KernelError(f"interface {ifname}: cannot parse UAPI reply: {exc}") from exc
+        return parser.device()
 
     async def _wg_write(self, ifname: str, ops: Sequence[WgOperation]) -> None:
         # One `set=1` transaction per run; device keys must precede the first peer, so a
@@ -267,80 +285,105 @@ class _PeerReply:
 UAPI_CHUNK = 1 << 16
 
 
-def _complete(reply: bytearray) -> bool:
-    """Whether a UAPI reply has its last line, `errno=N`, and the blank line after it."""
-    if not reply.endswith(b"\n\n"):
-        return False
-    last = reply[:-2].rpartition(b"\n")[2]
-    return last.startswith(b"errno=")
+class _Reply:
+    """A UAPI reply fed as it arrives: its key=value pairs, up to the `errno=N` line and
+    the blank line after it (`complete`). A non-zero errno is raised as what it means
+    (a taken listen port, a refused value)."""
+
+    def __init__(self, ifname: str, request: Sequence[str]) -> None:
+        self.ifname = ifname
+        self.request = request
+        self.complete = False
+        self._errno: str | None = None
+        self._partial = b""
+
+    def feed(self, chunk: bytes) -> list[tuple[str, str]]:
+        *lines, self._partial = (self._partial + chunk).split(b"\n")
+        pairs: list[tuple[str, str]] = []
+        for line in lines:
+            if self._errno is not None:  # only the blank line may follow errno
+                self.complete = self.complete or not line
+                continue
+            key, _, value = line.decode().partition("=")
+            if key == "errno":
+                self._errno = value
+                self._check(value)
+            elif key:
+                pairs.append((key, value))
+        return pairs
+
+    def _check(self, value: str) -> None:
+        if value.lstrip("-") == str(errno.EADDRINUSE):
+            # wireguard-go answers a taken listen_port with -EADDRINUSE.
+            port = next(
+                (
+                    int(v)
+                    for k, _, v in (ln.partition("=") for ln in self.request)
+                    if k == "listen_port"
+                ),
+                0,
+            )
+            raise PortInUse(port)
+        if value != "0":
+            raise _refusal(self.ifname, self.request[0], value)
 
 
 def _reply_pairs(ifname: str, lines: Sequence[str], raw: bytes) -> list[tuple[str, str]]:
-    return list(_reply_items(ifname, lines, raw))
-
-
-def _reply_items(ifname: str, lines: Sequence[str], raw: bytes) -> Iterator[tuple[str, str]]:
-    """The reply's key=value pairs before its errno, one line at a time (10,000 peers
-    are ~60,000 lines: not held as a list); a non-zero errno is raised as what it means
-    (a taken listen port, a refused value)."""
-    for line in io.BytesIO(raw):
-        key, _, value = line.decode().rstrip("\n").partition("=")
-        if key == "errno":
-            if value.lstrip("-") == str(errno.EADDRINUSE):
-                # wireguard-go answers a taken listen_port with -EADDRINUSE.
-                port = next(
-                    (
-                        int(v)
-                        for k, _, v in (ln.partition("=") for ln in lines)
-                        if k == "listen_port"
-                    ),
-                    0,
-                )
-                raise PortInUse(port)
-            if value != "0":
-                raise _refusal(ifname, lines[0], value)
-            return
-        if key:
-            yield key, value
-    raise KernelError(f"interface {ifname}: UAPI reply without errno")
+    """The pairs of a whole reply (the tests' way in)."""
+    reply = _Reply(ifname, lines)
+    pairs = reply.feed(raw)
+    if not reply.complete:
+        raise KernelError(f"interface {ifname}: UAPI reply without errno")
+    return pairs
 
 
 def _parse_reply(ifname: str, raw: bytes) -> WgDevice:
+    """The device of a whole `get=1` reply (the tests' way in)."""
+    parser = _GetParser()
     try:
-        return _parse_get(_reply_items(ifname, ["get=1"], raw))
+        parser.feed(_reply_pairs(ifname, ["get=1"], raw))
     except (ValueError, InvalidInput) as exc:
         raise KernelError(f"interface {ifname}: cannot parse UAPI reply: {exc}") from exc
+    return parser.device()
 
 
-def _parse_get(pairs: Iterable[tuple[str, str]]) -> WgDevice:
-    """A `get=1` reply's device and peers; each peer becomes an ObservedPeer as soon as
-    its lines end (the next public_key), not after the whole reply."""
+@dataclass
+class _GetParser:
+    """A `get=1` reply's device and peers, fed pairs as they arrive; each peer becomes an
+    ObservedPeer as soon as its lines end (the next public_key), not after the reply."""
+
     private_key: PrivateKey | None = None
-    listen_port = 0
-    fwmark = 0
-    peers: dict[PublicKey, ObservedPeer] = {}
+    listen_port: int = 0
+    fwmark: int = 0
+    peers: dict[PublicKey, ObservedPeer] = field(default_factory=dict)
     current: _PeerReply | None = None
-    for key, value in pairs:
-        if key == "public_key":
-            if current is not None:
-                peers[current.key] = current.observed()
-            current = _PeerReply(PublicKey(bytes.fromhex(value)))
-        elif current is not None and key == "allowed_ip":
-            current.allowed.add(shared_network(value))
-        elif current is not None:
-            current.values[key] = value
-        elif key == "private_key" and value != _ZERO_HEX:
-            # The kernel reports the clamped key; report the same here.
-            private_key = PrivateKey(bytes.fromhex(value)).clamped()
-        elif key == "listen_port":
-            listen_port = int(value)
-        elif key == "fwmark":
-            fwmark = int(value)
-    if current is not None:
-        peers[current.key] = current.observed()
-    return WgDevice(
-        private_key=private_key,
-        listen_port=listen_port,
-        fwmark=fwmark,
-        peers=peers,
-    )
+
+    def feed(self, pairs: Iterable[tuple[str, str]]) -> None:
+        for key, value in pairs:
+            current = self.current
+            if key == "public_key":
+                if current is not None:
+                    self.peers[current.key] = current.observed()
+                self.current = _PeerReply(PublicKey(bytes.fromhex(value)))
+            elif current is not None and key == "allowed_ip":
+                current.allowed.add(shared_network(value))
+            elif current is not None:
+                current.values[key] = value
+            elif key == "private_key" and value != _ZERO_HEX:
+                # The kernel reports the clamped key; report the same here.
+                self.private_key = PrivateKey(bytes.fromhex(value)).clamped()
+            elif key == "listen_port":
+                self.listen_port = int(value)
+            elif key == "fwmark":
+                self.fwmark = int(value)
+
+    def device(self) -> WgDevice:
+        if self.current is not None:
+            self.peers[self.current.key] = self.current.observed()
+            self.current = None
+        return WgDevice(
+            private_key=self.private_key,
+            listen_port=self.listen_port,
+            fwmark=self.fwmark,
+            peers=self.peers,
+        )
