@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
@@ -56,7 +56,9 @@ class _Claims:
         self._owners[net.version].insert(i, owner)
 
 
-def _collapsed(nets: Iterable[IPNetwork]) -> list[IPNetwork]:
+def _collapsed(nets: Collection[IPNetwork]) -> list[IPNetwork]:
+    if len(nets) == 1:  # most peers: one prefix, which collapses to itself
+        return list(nets)
     out: list[IPNetwork] = []
     for version in (4, 6):
         same = [n for n in nets if n.version == version]
