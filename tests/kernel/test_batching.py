@@ -105,3 +105,53 @@ async def test_a_batched_route_request_is_the_one_pyroute2s_route_add_sends(
         finally:
             ipr.close()
     assert ours == theirs
+
+
+@pytest.mark.kernel
+async def test_batched_route_adds_take_no_number_of_pyroute2s_pool() -> None:
+    """The batch's sequence numbers are its own (OWN_SEQ_BASE up): pyroute2's pool neither
+    gives them nor bans them afterwards, and its own requests on the socket still work,
+    also while a batch is answered."""
+    await skip_unless_backend("userspace")
+    import asyncio
+
+    from wgkube.kernel.rtnl import ADD_BATCH, OWN_SEQ_BASE, Rtnl
+
+    with netns("wgk-seq") as ns:
+        ns.ip("link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
+        ns.ip("link", "set", "eth0", "up")
+        rtnl = Rtnl(ns.name)
+        try:
+            index = await rtnl.index("eth0")
+            ipr = await rtnl._conn()
+            sent: list[int] = []
+            send = ipr.send
+
+            def recording(data: bytes) -> int:
+                sent.append(int.from_bytes(data[8:12], sys.byteorder))
+                return int(send(data))
+
+            ipr.send = recording
+            banned = len(ipr.addr_pool.ban)
+            nets = [ipaddress.ip_network(f"10.9.{i // 250}.{i % 250}/32") for i in range(600)]
+            landed = 0
+
+            def count() -> None:
+                nonlocal landed
+                landed += 1
+
+            adding = asyncio.create_task(
+                rtnl.add_routes(index, nets, table=254, protocol=87, landed=count)
+            )
+            links = [await rtnl.link("eth0") for _ in range(5)]  # pyroute2's own numbers
+            await adding
+            assert landed == len(nets)
+            assert all(link is not None and link.index == index for link in links)
+            assert len(await rtnl.routes(index, table=254, protocol=87)) == len(nets)
+            assert all(item["addr"] < OWN_SEQ_BASE for item in ipr.addr_pool.ban)
+            assert len(ipr.addr_pool.ban) - banned < ADD_BATCH, "600 requests banned nothing"
+            assert len(sent) >= len(nets) // ADD_BATCH
+            ours = {seq for seq in sent if seq >= OWN_SEQ_BASE}
+            assert ours, "the batches carry numbers of ours"
+        finally:
+            rtnl.close()
