@@ -36,11 +36,12 @@ controlplane:
 
 test: lint controlplane test-host test-kernel
 
-# Benchmarks against baselines measured in the same run (N up to 10,000: about 30-40 min on 2 cores); needs root.
-bench: setup
+# Benchmarks against baselines measured in the same run (N up to 10,000: about 20 min on 2
+# cores, the control plane built first); needs root.
+bench: setup controlplane
 	$(PY) -m bench.run
 
-bench-quick: setup
+bench-quick: setup controlplane
 	$(PY) -m bench.run --quick
 
 clean:

@@ -1,31 +1,31 @@
 """The N-peer scenarios against the real kube-apiserver (and etcd) from `make controlplane`.
 
-    .venv/bin/python -m bench.realapi --peers 10000 [--json OUT]
+    .venv/bin/python -m bench.realapi --peers 10000 [--json OUT]     (as root)
 
-The kernel side is the memory backend (its state in a file): what is measured here is the
-API side, with Nodes as kubelets write them (bench.common.peer_node, ~4 KB each):
-  create    N Nodes created over HTTPS (8 in flight), no hub running: the baseline
-  converge  hub spawn, N Nodes in the API -> all N peers and routes in the device state;
-            floor = a Python process with the hub's imports + one paginated LIST of the
-            peer Nodes over HTTPS (the apply itself is free for the memory backend)
-  change    one Node's allowed-ips patched, quiet before it -> the device has it. Timed
-            on a second hub whose memory device keeps no state file but appends each
-            operation applied to a journal (WGKUBE_MEMORY_JOURNAL): a cost per change,
-            not per N, as a kernel's is (the state file is rewritten whole per apply)
-  restart   the hub stopped and started -> /readyz ready; writes = device state file
-            rewritten or changed (from outside), watched 3 s past ready
-  memory    the hub's VmHWM
-No network namespace, no WireGuard: needs only the control-plane binaries
-(WGKUBE_CONTROLPLANE_BIN).
+Part of `make bench` (bench.run calls `run`). The control plane, the hub and its
+wireguard-go device run in one throw-away network namespace, as the host suite does, with
+Nodes as kubelets write them (bench.common.peer_node, ~4 KB each):
+  create    N Nodes created over HTTPS (8 in flight), no hub running
+  converge  hub spawn, N Nodes in the API -> all N peers and routes in the kernel;
+            baseline = start wireguard-go + `wg set` key/port + one paginated LIST over
+            HTTPS + one `wg set` of all peers + one `ip -batch` (bench.common)
+  restart   the hub stopped and started -> /readyz ready; kernel writes seen from outside
+            (route events + a `wg show dump` diff), watched 3 s past ready; floor = Python
+            with the hub's imports + the LIST + one dump and route listing
+  change    one Node's allowed-ips patched, quiet for more than a debounce before it ->
+            its new route in the kernel (polled every ms)
+  memory    VmHWM of each hub process
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import ssl
+import subprocess
 import sys
 import tempfile
 import time
@@ -41,52 +41,36 @@ from bench.common import (
     MOVED_BASE,
     PREFIX,
     HubProcess,
-    Peer,
+    RouteMonitor,
+    RouteProbe,
+    baseline_converge,
+    delete_link,
     hub_node,
     log,
     make_peers,
     median,
     peer_allowed,
     peer_node,
-    run,
+    peers_changed,
+    route_count,
     summary,
+    time_when,
+    unique_ifname,
+    wait_device,
+    wg_dump,
+    write_key,
 )
+from bench.common import run as run_command
 from bench.host import wait_ready
 from wgkube.testing.controlplane import ControlPlane, missing_binaries
+from wgkube.testing.netns import create_netns, delete_netns
 
-STATE_ENV = "WGKUBE_MEMORY_STATE"
-JOURNAL_ENV = "WGKUBE_MEMORY_JOURNAL"
-
-
-class Journal:
-    """Reads a memory device's journal (one JSON line per operation) as it grows."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._offset = 0
-        self.peers: set[str] = set()
-        self.routes: set[str] = set()
-
-    def read(self) -> list[dict[str, Any]]:
-        """The operations appended since the last read (whole lines only)."""
-        if not self.path.exists():
-            return []
-        with self.path.open("rb") as fh:
-            fh.seek(self._offset)
-            data = fh.read()
-        end = data.rfind(b"\n") + 1
-        self._offset += end
-        ops = [json.loads(line) for line in data[:end].splitlines() if line]
-        for op in ops:
-            if op["op"] == "UpsertPeer":
-                self.peers.add(op["public_key"])
-            elif op["op"] == "RemovePeer":
-                self.peers.discard(op["public_key"])
-            elif op["op"] == "AddRoute":
-                self.routes.add(op["destination"])
-            elif op["op"] == "RemoveRoute":
-                self.routes.discard(op["destination"])
-        return ops
+TARGET_RATIO = 1.5
+TARGET_MEMORY_MB = 150.0
+TARGET_ISOLATED_S = 0.05
+ROOT = Path(__file__).resolve().parent.parent
+BUDGET_S = 1200.0
+"""The whole part's wall-clock limit inside bench.run."""
 
 
 @dataclass
@@ -131,29 +115,36 @@ class RealApi:
 
         return asyncio.run(go())
 
-    def list_peers(self, page: int = 500) -> int:
-        """One paginated LIST of the peer Nodes (as the hub does it); how many."""
+    def list_peer_nodes(self, page: int = 500) -> list[dict[str, Any]]:
+        """One paginated LIST of the peer Nodes (as the hub makes it)."""
 
-        async def go() -> int:
+        async def go() -> list[dict[str, Any]]:
             selector = urllib.parse.quote(f"{PREFIX}peer=true")
-            count, token = 0, ""
+            items: list[dict[str, Any]] = []
+            token = ""
             async with await self._session() as session:
                 while True:
                     url = f"{self.url}/api/v1/nodes?labelSelector={selector}&limit={page}"
                     url += f"&continue={urllib.parse.quote(token)}" if token else ""
                     async with session.get(url) as resp:
                         data = await resp.json()
-                    count += len(data.get("items") or [])
+                    items += data.get("items") or []
                     token = (data.get("metadata") or {}).get("continue") or ""
                     if not token:
-                        return count
+                        return items
 
         return asyncio.run(go())
 
-    def patch_node(self, name: str, patch: Mapping[str, Any]) -> None:
+    def patch_node(self, name: str, patch: Mapping[str, Any]) -> float:
+        """The patch; the perf_counter just before it was sent (its session made)."""
+        sent = 0.0
+
         async def go() -> None:
+            nonlocal sent
+            session = await self._session()
+            sent = time.perf_counter()
             async with (
-                await self._session() as session,
+                session,
                 session.patch(
                     f"{self.url}/api/v1/nodes/{name}",
                     data=json.dumps(patch),
@@ -164,32 +155,16 @@ class RealApi:
                     raise RuntimeError(f"patch: {resp.status} {await resp.text()}")
 
         asyncio.run(go())
-
-
-def device(path: Path, ifname: str) -> dict[str, Any]:
-    try:
-        data: dict[str, Any] = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    result: dict[str, Any] = data.get("devices", {}).get(ifname, {})
-    return result
-
-
-def wait_state(path: Path, ifname: str, peers: int, timeout: float, hub: HubProcess) -> float:
-    deadline = time.perf_counter() + timeout
-    while True:
-        now = time.perf_counter()
-        dev = device(path, ifname)
-        if len(dev.get("peers", {})) == peers and len(dev.get("routes", [])) == peers:
-            return now
-        hub.check_alive()
-        if now > deadline:
-            raise TimeoutError(f"{len(dev.get('peers', {}))} peers after {timeout:.0f}s")
-        time.sleep(0.2)
+        return sent
 
 
 def scenario(n: int, work: Path, changes: int) -> dict[str, Any]:
-    out: dict[str, Any] = {"n": n, "api": "kube-apiserver + etcd (make controlplane)"}
+    out: dict[str, Any] = {
+        "n": n,
+        "api": "kube-apiserver + etcd (make controlplane)",
+        "backend": "userspace (wireguard-go), in a throw-away network namespace",
+    }
+    timeout = 120 + 0.05 * n
     with ControlPlane(workdir=work / "controlplane") as plane:
         api = RealApi.of(plane)
         plane.kubectl("create", "namespace", "wg-kube")
@@ -197,84 +172,201 @@ def scenario(n: int, work: Path, changes: int) -> dict[str, Any]:
         peers = make_peers(n)
         log(f"real API, N={n}: creating {n} Nodes (no hub running)")
         out["create_s"] = api.create_nodes([peer_node(p, i) for i, p in enumerate(peers)])
-        floor_runs = []
+        key = write_key(work / "baseline.key")
+        baseline = []
         for _ in range(3):
-            started = time.perf_counter()
-            run([sys.executable, "-c", "import wgkube.operator.main"])
-            assert api.list_peers() == n
-            floor_runs.append(time.perf_counter() - started)
-        out["floor_s"] = median(floor_runs)
-        state = work / "device.json"
-        os.environ[STATE_ENV] = str(state)
-        hub = HubProcess(work, api, "wgreal", backend="memory")  # type: ignore[arg-type]
+            ifname = unique_ifname("wgrb")
+            try:
+                baseline.append(baseline_converge(api, ifname, key, 51900))  # type: ignore[arg-type]
+                assert route_count(ifname) == n
+            finally:
+                delete_link(ifname)
+        out["baseline_s"] = median(baseline)
+        out["baseline_runs_s"] = baseline
+        hub = HubProcess(work, api, unique_ifname("wgra"))  # type: ignore[arg-type]
         try:
             started = hub.start()
-            done = wait_state(state, hub.ifname, n, 120 + 0.05 * n, hub)
+            done = wait_device(hub.ifname, n, timeout=timeout, alive=hub.check_alive)
             out["converge_s"] = done - started
-            out["converge_ratio"] = out["converge_s"] / out["floor_s"]
+            out["converge_ratio"] = out["converge_s"] / out["baseline_s"]
             wait_ready(hub, 60)
             log(f"real API, N={n}: converged in {out['converge_s']:.2f}s")
-            out["memory_kib"] = hub.memory_kib()
-            hub.stop(only_hub=True)
-            before = (state.stat().st_mtime_ns, state.read_bytes())
-            started = hub.start()
-            ready = wait_ready(hub, 120 + 0.02 * n)
-            out["restart_ready_s"] = ready - started
-            out["restart_ratio"] = out["restart_ready_s"] / out["floor_s"]
-            time.sleep(3.0)
-            after = (state.stat().st_mtime_ns, state.read_bytes())
-            out["restart_state_rewritten"] = after[0] != before[0]
-            out["restart_state_changed"] = after[1] != before[1]
-            out["restart_memory_kib"] = hub.memory_kib()
+            out["memory_kib"] = {"converging hub": hub.memory_kib()}
+            out.update(restart(api, hub, work, timeout))
+            out["memory_kib"]["restarted hub (restart + changes)"] = {}
+            out["isolated_change_s"] = changes_timed(api, hub, peers, changes)
+            out["memory_kib"]["restarted hub (restart + changes)"] = hub.memory_kib()
         finally:
             hub.stop()
-        out["change_backend"] = (
-            "memory device with an append-only journal (WGKUBE_MEMORY_JOURNAL), no state file"
-        )
-        out["isolated_change_s"] = changes_timed(api, peers, work, changes)
+            delete_link(hub.ifname)
+    peak = max(m.get("VmHWM", 0) for m in out["memory_kib"].values())
+    out["peak_vmhwm_mb"] = peak * 1024 / 1e6
     log(f"real API, N={n}: {json.dumps({k: v for k, v in out.items() if 's' in k[-2:]})}")
     return out
 
 
-def changes_timed(api: RealApi, peers: Sequence[Peer], work: Path, changes: int) -> Any:
-    """Isolated changes on a hub whose device costs O(1) per change (see Journal)."""
-    journal = Journal(work / "device.journal")
-    os.environ.pop(STATE_ENV, None)
-    os.environ[JOURNAL_ENV] = str(journal.path)
-    hub = HubProcess(work, api, "wgrealj", backend="memory")  # type: ignore[arg-type]
-    n = len(peers)
+def restart(api: RealApi, hub: HubProcess, work: Path, timeout: float) -> dict[str, Any]:
+    """Stop the hub, start it again: ready, and the kernel writes it made (from outside)."""
+    hub.stop(only_hub=True)
+    started = time.perf_counter()
+    run_command([sys.executable, "-c", "import wgkube.operator.main"])
+    api.list_peer_nodes()
+    wg_dump(hub.ifname)
+    route_count(hub.ifname)
+    floor = time.perf_counter() - started
+    monitor = RouteMonitor(work)
     try:
-        hub.start()
-        deadline = time.perf_counter() + 120 + 0.05 * n
-        while len(journal.peers) < n or len(journal.routes) < n:
-            journal.read()
-            hub.check_alive()
-            if time.perf_counter() > deadline:
-                raise TimeoutError(f"journal hub: {len(journal.peers)} peers")
-            time.sleep(0.2)
-        wait_ready(hub, 60)
-        log(f"real API, N={n}: the journal hub converged; timing {changes} isolated changes")
+        before = wg_dump(hub.ifname)
+        mark = monitor.mark()
+        started = hub.start()
+        ready = wait_ready(hub, timeout)
+        time.sleep(3.0)  # a late write would have landed by now
+        routes = monitor.events(hub.ifname, mark)
+        peers = peers_changed(before, wg_dump(hub.ifname))
+    finally:
+        monitor.close()
+    return {
+        "restart_ready_s": ready - started,
+        "restart_floor_s": floor,
+        "restart_ratio": (ready - started) / floor,
+        "restart_kernel_ops": routes + peers,
+        "restart_route_events": routes,
+        "restart_peers_changed": peers,
+        "restart_logged_ops": sum(hub.applied()),
+    }
+
+
+def changes_timed(
+    api: RealApi, hub: HubProcess, peers: Sequence[Any], changes: int
+) -> dict[str, Any]:
+    """Isolated changes: each after a quiet debounce interval, timed to its route."""
+    probe = RouteProbe()
+    try:
+        index = probe.index(hub.ifname)
         time.sleep(1.0)
         latencies = []
         for j in range(changes):
             new = peer_allowed(j, MOVED_BASE)
-            journal.read()
-            t0 = time.perf_counter()
-            api.patch_node(
+            address = new.split("/")[0]
+            sent = api.patch_node(
                 peers[j].name, {"metadata": {"annotations": {PREFIX + "allowed-ips": new}}}
             )
-            while not any(
-                op["op"] == "AddRoute" and op["destination"] == new for op in journal.read()
-            ):
-                if time.perf_counter() - t0 > 30:
-                    raise TimeoutError(f"change {j} not applied")
-                time.sleep(0.002)
-            latencies.append(time.perf_counter() - t0)
+            done = time_when(
+                functools.partial(probe.via, address, index), timeout=30, interval=0.001, what=new
+            )
+            latencies.append(done - sent)
             time.sleep(0.3)  # quiet for more than a debounce: the next one is isolated
+        hub.check_alive()
         return {**summary(latencies), "raw_s": latencies}
     finally:
-        hub.stop()
-        os.environ.pop(JOURNAL_ENV, None)
+        probe.close()
+
+
+# -- as a part of bench.run ---------------------------------------------------------------------
+
+
+def run(peers: int = 10000, changes: int = 20) -> dict[str, Any]:
+    """The scenario in a throw-away namespace (`ip netns exec ... bench.realapi --here`)."""
+    if (why := missing_binaries()) is not None:
+        return {"status": "not measured", "error": f"{why} (make controlplane)"}
+    ns = create_netns("wgreal")
+    out = Path(tempfile.mkstemp(prefix="wgkube-bench-realapi-", suffix=".json")[1])
+    try:
+        argv = ns.argv(
+            sys.executable,
+            "-m",
+            "bench.realapi",
+            "--here",
+            "--peers",
+            str(peers),
+            "--changes",
+            str(changes),
+            "--json",
+            str(out),
+        )
+        proc = subprocess.Popen(argv, cwd=ROOT, start_new_session=True)
+        try:
+            code = proc.wait(BUDGET_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+            return {"status": "failed", "error": f"exceeded {BUDGET_S:.0f}s"}
+        if code != 0 or out.stat().st_size == 0:
+            return {"status": "failed", "error": f"bench.realapi exited with {code}"}
+        result: dict[str, Any] = json.loads(out.read_text())
+        return result
+    finally:
+        out.unlink(missing_ok=True)
+        pids = subprocess.run(["ip", "netns", "pids", ns.name], capture_output=True, text=True)
+        for pid in pids.stdout.split():
+            subprocess.run(["kill", "-9", pid], capture_output=True)
+        delete_netns(ns)
+
+
+def targets(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets for the real API part, each MET or NOT MET with its number."""
+    n = result.get("n", 10000)
+    where = f"real kube-apiserver, N={n}"
+    if "converge_s" not in result:
+        why = result.get("error") or "no result"
+        return [
+            {
+                "name": f"{where}: every figure",
+                "target": "measured",
+                "measured": f"not measured: {why}",
+                "met": False,
+            }
+        ]
+    change = result["isolated_change_s"]
+    peak = result["peak_vmhwm_mb"]
+    return [
+        {
+            "name": f"{where}: hub start to all peers and routes",
+            "target": f"<= {TARGET_RATIO:g}x the baseline",
+            "measured": f"{result['converge_ratio']:.2f}x ({result['converge_s']:.2f}s vs "
+            f"{result['baseline_s']:.2f}s)",
+            "met": result["converge_ratio"] <= TARGET_RATIO,
+        },
+        {
+            "name": f"{where}: restart, kernel writes (from outside, 3 s past ready)",
+            "target": "0",
+            "measured": f"{result['restart_kernel_ops']} "
+            f"(the hub logged {result['restart_logged_ops']})",
+            "met": result["restart_kernel_ops"] == 0,
+        },
+        {
+            "name": f"{where}: restart, ready",
+            "target": f"<= {TARGET_RATIO:g}x the floor (Python with the imports + LIST + one dump)",
+            "measured": f"{result['restart_ratio']:.2f}x ({result['restart_ready_s']:.2f}s vs "
+            f"{result['restart_floor_s']:.2f}s)",
+            "met": result["restart_ratio"] <= TARGET_RATIO,
+        },
+        {
+            "name": f"{where}: an isolated change, p50",
+            "target": f"<= {TARGET_ISOLATED_S * 1000:.0f} ms",
+            "measured": f"{change['p50'] * 1000:.0f} ms (max {change['max'] * 1000:.0f} ms, "
+            f"{change['n']:.0f} changes)",
+            "met": change["p50"] <= TARGET_ISOLATED_S,
+        },
+        {
+            "name": f"{where}: hub peak RSS",
+            "target": f"<= {TARGET_MEMORY_MB:g} MB",
+            "measured": f"{peak:.0f} MB ("
+            + ", ".join(
+                f"{what} {m.get('VmHWM', 0) * 1024 / 1e6:.0f} MB"
+                for what, m in result["memory_kib"].items()
+            )
+            + ")",
+            "met": peak <= TARGET_MEMORY_MB,
+        },
+    ]
+
+
+def lines(result: Mapping[str, Any]) -> list[str]:
+    return [
+        f"{t['name']}: {t['measured']} (target {t['target']})  {'MET' if t['met'] else 'NOT MET'}"
+        for t in targets(result)
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -282,21 +374,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--peers", type=int, default=10000)
     parser.add_argument("--changes", type=int, default=20)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--here", action="store_true", help="run in this namespace (bench.run makes one)"
+    )
     args = parser.parse_args(argv)
-    if (why := missing_binaries()) is not None:
-        print(f"bench.realapi: {why}", file=sys.stderr)
+    result: dict[str, Any]
+    if os.geteuid() != 0:
+        print("bench.realapi: needs root (a network namespace, wireguard-go)", file=sys.stderr)
         return 2
-    from bench.run import environment
+    if not args.here:
+        result = run(args.peers, args.changes)
+    else:
+        if (why := missing_binaries()) is not None:
+            print(f"bench.realapi: {why}", file=sys.stderr)
+            return 2
+        from bench.run import environment
 
-    env = environment()
-    with tempfile.TemporaryDirectory(prefix="wgkube-realapi-") as tmp:
-        result = {"environment": env, **scenario(args.peers, Path(tmp), args.changes)}
-    result["environment"]["loadavg_end"] = list(os.getloadavg())
-    text = json.dumps(result, indent=2)
+        env = environment()
+        with tempfile.TemporaryDirectory(prefix="wgkube-realapi-") as tmp:
+            result = {"environment": env, **scenario(args.peers, Path(tmp), args.changes)}
+        result["environment"]["loadavg_end"] = list(os.getloadavg())
+    text: str = json.dumps(result, indent=2)
     if args.json:
         args.json.write_text(text + "\n")
+    if args.here:
+        return 0
     print(text)
-    return 0
+    print("\n".join(lines(result)))
+    return 0 if "converge_s" in result else 1
 
 
 if __name__ == "__main__":

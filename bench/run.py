@@ -14,6 +14,9 @@ Where things run (decided for isolation on a shared machine):
                the same scenario runs on the host with wireguard-go instead.
   spoke load   an API emulator in this process and one `wg-kube spoke` (memory backend):
                its requests counted from the emulator's log (bench/spoke_load.py).
+  real API     the N-peer scenarios against kube-apiserver + etcd from `make controlplane`,
+               with a wireguard-go hub, in a throw-away namespace of their own
+               (bench/realapi.py); NOT MEASURED without the binaries.
 
 Requires root (namespaces), wireguard-go, wireguard-tools, iproute2; the VM part also
 qemu-system-x86 and linux-image-amd64. Absolute times on a shared 2-core machine are
@@ -38,7 +41,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import failover, scrape, spoke_load
+from bench import failover, realapi, scrape, spoke_load
 from bench.common import SOCKET_DIR, log, wait_until
 from wgkube.testing.netns import create_netns, delete_netns
 
@@ -727,10 +730,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     results["spoke_load"] = spoke_load.run([100] if args.quick else [100, 1000, 10000])
     log("failover between two hubs (wireguard-go, the lab's namespaces, under the lab lock)")
     results["failover"] = failover.run(1 if args.quick else 3)
+    log("the N-peer scenarios against the real kube-apiserver (make controlplane)")
+    results["realapi"] = realapi.run(1000 if args.quick else 10000, 5 if args.quick else 20)
     results["environment"]["loadavg_end"] = list(os.getloadavg())
     results["duration_s"] = time.monotonic() - started
     results["host_status"] = {k: v for k, v in host.items() if k in ("status", "error")}
     results["sections"] = build(host, vm, args.quick)
+    results["sections"]["targets"] += realapi.targets(results["realapi"])
     results["raw"] = {"host": host, "vm": vm}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
