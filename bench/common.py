@@ -21,6 +21,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -735,3 +736,52 @@ def idle_python_kib() -> int:
         "    if line.startswith('VmHWM'): print(line.split()[1])\n"
     )
     return int(run([sys.executable, "-c", code]).strip())
+
+
+# -- a part of the bench in a namespace of its own -------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def json_in_netns(
+    prefix: str, module: str, args: Sequence[str], budget: float, what: str
+) -> dict[str, Any]:
+    """`python -m module args --json OUT` inside a throw-away namespace: its JSON, or a
+    failed record; whatever is left in the namespace is killed after."""
+    from wgkube.testing.netns import create_netns, delete_netns
+
+    ns = create_netns(prefix)
+    out = Path(tempfile.mkstemp(prefix=f"wgkube-{prefix}-", suffix=".json")[1])
+    try:
+        argv = ns.argv(sys.executable, "-m", module, *args, "--json", str(out))
+        proc = subprocess.Popen(argv, cwd=ROOT, start_new_session=True)
+        try:
+            code = proc.wait(budget)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+            return {"status": "failed", "error": f"{what} exceeded {budget:.0f}s"}
+        if code != 0 or out.stat().st_size == 0:
+            return {"status": "failed", "error": f"{what} exited with {code}"}
+        data: dict[str, Any] = json.loads(out.read_text())
+        return data
+    finally:
+        out.unlink(missing_ok=True)
+        _empty_namespace(ns.name)
+        delete_netns(ns)
+
+
+def _empty_namespace(name: str) -> None:
+    """Kill what the suite left running in its namespace and drop their UAPI sockets."""
+    links = subprocess.run(
+        ["ip", "-n", name, "-o", "link", "show"], capture_output=True, text=True
+    ).stdout
+    names = [ln.split(":")[1].strip().split("@")[0] for ln in links.splitlines() if ":" in ln]
+    pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout
+    for pid in pids.split():
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid), 9)
+    for ifname in names:
+        if ifname.startswith("wgb"):
+            with contextlib.suppress(FileNotFoundError):
+                (SOCKET_DIR / f"{ifname}.sock").unlink()

@@ -25,7 +25,6 @@ import functools
 import json
 import os
 import ssl
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,6 +45,7 @@ from bench.common import (
     baseline_converge,
     delete_link,
     hub_node,
+    json_in_netns,
     log,
     make_peers,
     median,
@@ -63,12 +63,10 @@ from bench.common import (
 from bench.common import run as run_command
 from bench.host import wait_ready
 from wgkube.testing.controlplane import ControlPlane, missing_binaries
-from wgkube.testing.netns import create_netns, delete_netns
 
 TARGET_RATIO = 1.5
 TARGET_MEMORY_MB = 150.0
 TARGET_ISOLATED_S = 0.05
-ROOT = Path(__file__).resolve().parent.parent
 BUDGET_S = 1200.0
 """The whole part's wall-clock limit inside bench.run."""
 
@@ -269,38 +267,8 @@ def run(peers: int = 10000, changes: int = 20) -> dict[str, Any]:
     """The scenario in a throw-away namespace (`ip netns exec ... bench.realapi --here`)."""
     if (why := missing_binaries()) is not None:
         return {"status": "not measured", "error": f"{why} (make controlplane)"}
-    ns = create_netns("wgreal")
-    out = Path(tempfile.mkstemp(prefix="wgkube-bench-realapi-", suffix=".json")[1])
-    try:
-        argv = ns.argv(
-            sys.executable,
-            "-m",
-            "bench.realapi",
-            "--here",
-            "--peers",
-            str(peers),
-            "--changes",
-            str(changes),
-            "--json",
-            str(out),
-        )
-        proc = subprocess.Popen(argv, cwd=ROOT, start_new_session=True)
-        try:
-            code = proc.wait(BUDGET_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait()
-            return {"status": "failed", "error": f"exceeded {BUDGET_S:.0f}s"}
-        if code != 0 or out.stat().st_size == 0:
-            return {"status": "failed", "error": f"bench.realapi exited with {code}"}
-        result: dict[str, Any] = json.loads(out.read_text())
-        return result
-    finally:
-        out.unlink(missing_ok=True)
-        pids = subprocess.run(["ip", "netns", "pids", ns.name], capture_output=True, text=True)
-        for pid in pids.stdout.split():
-            subprocess.run(["kill", "-9", pid], capture_output=True)
-        delete_netns(ns)
+    args = ["--here", "--peers", str(peers), "--changes", str(changes)]
+    return json_in_netns("wgreal", "bench.realapi", args, BUDGET_S, "bench.realapi")
 
 
 def targets(result: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -42,8 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import failover, realapi, scrape, spoke_load
-from bench.common import SOCKET_DIR, log, wait_until
-from wgkube.testing.netns import create_netns, delete_netns
+from bench.common import json_in_netns, log, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 DEBOUNCE = 0.2
@@ -124,44 +123,9 @@ def environment() -> dict[str, Any]:
 
 def run_host(quick: bool) -> dict[str, Any]:
     """bench.host inside a throw-away namespace; whatever is left in it is killed after."""
-    ns = create_netns("wgbench")
-    out = Path(tempfile.mkstemp(prefix="wgkube-bench-host-", suffix=".json")[1])
     budget = HOST_BUDGET["quick" if quick else "full"]
-    try:
-        argv = ns.argv(sys.executable, "-m", "bench.host", "--json", str(out))
-        if quick:
-            argv.append("--quick")
-        proc = subprocess.Popen(argv, cwd=ROOT, start_new_session=True)
-        try:
-            code = proc.wait(budget)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait()
-            return {"status": "failed", "error": f"the host suite exceeded {budget:.0f}s"}
-        if code != 0 or out.stat().st_size == 0:
-            return {"status": "failed", "error": f"the host suite exited with {code}"}
-        data: dict[str, Any] = json.loads(out.read_text())
-        return data
-    finally:
-        out.unlink(missing_ok=True)
-        _empty_namespace(ns.name)
-        delete_netns(ns)
-
-
-def _empty_namespace(name: str) -> None:
-    """Kill what the suite left running in its namespace and drop their UAPI sockets."""
-    links = subprocess.run(
-        ["ip", "-n", name, "-o", "link", "show"], capture_output=True, text=True
-    ).stdout
-    names = [ln.split(":")[1].strip().split("@")[0] for ln in links.splitlines() if ":" in ln]
-    pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout
-    for pid in pids.split():
-        with contextlib.suppress(ProcessLookupError, ValueError):
-            os.kill(int(pid), 9)
-    for ifname in names:
-        if ifname.startswith("wgb"):
-            with contextlib.suppress(FileNotFoundError):
-                (SOCKET_DIR / f"{ifname}.sock").unlink()
+    args = ["--quick"] if quick else []
+    return json_in_netns("wgbench", "bench.host", args, budget, "the host suite")
 
 
 def run_vm() -> dict[str, Any]:
