@@ -107,11 +107,11 @@ async def test_a_batched_route_request_is_the_one_pyroute2s_route_add_sends(
     assert ours == theirs
 
 
-@pytest.mark.kernel
 async def test_batched_route_adds_take_no_number_of_pyroute2s_pool() -> None:
     """The batch's sequence numbers are its own (OWN_SEQ_BASE up): pyroute2's pool neither
     gives them nor bans them afterwards, and its own requests on the socket still work,
-    also while a batch is answered."""
+    also while a batch is answered. Only a batch's last request is acked (the others
+    are answered only when refused: test_foreign_routes)."""
     await skip_unless_backend("userspace")
     import asyncio
 
@@ -132,6 +132,14 @@ async def test_batched_route_adds_take_no_number_of_pyroute2s_pool() -> None:
                 return int(send(data))
 
             ipr.send = recording
+            answered: list[int] = []
+            put = ipr.msg_queue.put_nowait
+
+            def answer(tag: int, data: bytes) -> None:
+                answered.append(tag)
+                put(tag, data)
+
+            ipr.msg_queue.put_nowait = answer
             banned = len(ipr.addr_pool.ban)
             nets = [ipaddress.ip_network(f"10.9.{i // 250}.{i % 250}/32") for i in range(600)]
             landed = 0
@@ -153,5 +161,7 @@ async def test_batched_route_adds_take_no_number_of_pyroute2s_pool() -> None:
             assert len(sent) >= len(nets) // ADD_BATCH
             ours = {seq for seq in sent if seq >= OWN_SEQ_BASE}
             assert ours, "the batches carry numbers of ours"
+            acks = [tag for tag in answered if tag >= OWN_SEQ_BASE]
+            assert len(acks) == -(-len(nets) // ADD_BATCH), "one ack a batch: its last request"
         finally:
             rtnl.close()
