@@ -36,7 +36,7 @@ controlplane:
 
 test: lint controlplane test-host test-kernel
 
-# Benchmarks against baselines measured in the same run (N up to 10,000: about 20 min on 2
+# Benchmarks against baselines measured in the same run (N up to 10,000: about 13 min on 2
 # cores, the control plane built first); needs root.
 bench: setup controlplane
 	$(PY) -m bench.run

@@ -727,6 +727,94 @@ class RouteMonitor:
         self._out.close()
 
 
+_SYSCALL = re.compile(r"^(?:\[pid\s+\d+\]\s+|\d+\s+)?(\d+\.\d+)\s+(?:sendto|sendmsg|write)\((.*)$")
+
+
+_NLM_FLAGS = {
+    "NLM_F_REQUEST": 0x1, "NLM_F_MULTI": 0x2, "NLM_F_ACK": 0x4, "NLM_F_ECHO": 0x8,
+    "NLM_F_ROOT": 0x100, "NLM_F_MATCH": 0x200, "NLM_F_ATOMIC": 0x400, "NLM_F_DUMP": 0x300,
+    "NLM_F_REPLACE": 0x100, "NLM_F_EXCL": 0x200, "NLM_F_CREATE": 0x400, "NLM_F_APPEND": 0x800,
+}  # fmt: skip
+"""Names strace gives nlmsg_flags bits (a GET's and a NEW's share values)."""
+NLM_F_DUMP = 0x300
+
+
+def _nlmsg_flags(text: str) -> int:
+    bits = 0
+    for name in text.split("|"):
+        name = name.strip()
+        bits |= _NLM_FLAGS.get(name) or (int(name, 16) if name.startswith("0x") else 0)
+    return bits
+
+
+def is_kernel_read(args: str) -> bool:
+    """Whether one traced send (strace's rendering of its arguments) asks the kernel or
+    wireguard-go for state: a netlink dump (routes, links, addresses, a WireGuard device
+    over genetlink: NLM_F_ROOT|NLM_F_MATCH, which strace names, or shows as 0x300 before
+    it knows the socket's protocol) or a UAPI `get=1`. A NEW request's flags never hold
+    both bits (NLM_F_REPLACE|NLM_F_EXCL would be a contradiction)."""
+    if any(
+        _nlmsg_flags(flags) & NLM_F_DUMP == NLM_F_DUMP
+        for flags in re.findall(r"nlmsg_flags=([^,}]+)", args)
+    ):
+        return True
+    parts = args.split(",", 2)
+    return len(parts) > 1 and parts[1].strip().startswith('"get=1\\n')
+
+
+class KernelReads:
+    """Reads the hub asks of the kernel, seen from outside: `strace -f -p PID` on its
+    sends (netlink dumps, UAPI `get=1`), each with its wall-clock time. The tracer slows
+    the process it stops at each send, so nothing timed is measured while it runs."""
+
+    def __init__(self, workdir: Path, pid: int) -> None:
+        self.path = workdir / f"strace-{pid}-{secrets.token_hex(3)}.log"
+        self.proc = subprocess.Popen(
+            [
+                "strace",
+                "-f",
+                "-ttt",
+                "-qq",
+                "-s",
+                "24",
+                "-e",
+                "trace=sendto,sendmsg,write",
+                "-e",
+                "signal=none",
+                "-o",
+                str(self.path),
+                "-p",
+                str(pid),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(0.5)  # attached to every thread before anything is counted
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"strace could not attach to {pid} (exit {self.proc.returncode})")
+
+    def between(self, since: float, until: float) -> int:
+        """Reads sent in [since, until] (time.time() seconds)."""
+        count = 0
+        with self.path.open(errors="replace") as fh:
+            for line in fh:
+                found = _SYSCALL.match(line)
+                if found and since <= float(found[1]) <= until and is_kernel_read(found[2]):
+                    count += 1
+        return count
+
+    def total(self) -> int:
+        return self.between(0.0, math.inf)
+
+    def close(self) -> None:
+        self.proc.send_signal(signal.SIGINT)  # detaches; the traced process goes on
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
 def idle_python_kib() -> int:
     """VmHWM of a Python process that imports what the hub imports and does nothing:
     the memory reference for the hub's RSS."""

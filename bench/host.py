@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 import traceback
+import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ from bench.common import (
     PREFIX,
     ApiProcess,
     HubProcess,
+    KernelReads,
     Peer,
     RouteMonitor,
     RouteProbe,
@@ -66,6 +68,10 @@ from bench.common import (
 
 DEFAULT_DEBOUNCE = 0.2
 """The product's default (--debounce); every hub here runs with the default."""
+READ_CHANGES = 5
+"""Isolated changes whose kernel reads are counted (traced, after the timed samples)."""
+METRICS_URL = "http://127.0.0.1:9799/metrics"
+"""The hub's default --metrics-address: a scrape reads the device (the tracer's control)."""
 
 
 @dataclass(frozen=True)
@@ -102,7 +108,7 @@ FULL = Plan(
 
 QUICK = Plan(
     sizes=(20, 50, 100),
-    incremental_samples={20: 10, 50: 5, 100: 5},
+    incremental_samples={20: 7, 50: 5, 100: 5},
     converge_repeats={20: 1, 50: 1, 100: 1},
     baseline_repeats=1,
     floor_repeats=1,
@@ -260,8 +266,11 @@ class SizeRun:
         applies it at once), B a few ms after A (it waits out the debounce). Kernel
         writes are counted from outside: rtnetlink route events and a `wg show dump` diff.
         """
-        if 2 * samples > self.n:
-            raise ValueError("each sample moves two different peers: 2 * samples <= N")
+        if 2 * samples + READ_CHANGES > self.n:
+            raise ValueError(
+                "each sample moves two different peers, each traced change one more: "
+                f"2 * samples + {READ_CHANGES} <= N"
+            )
         probe = RouteProbe()
         monitor = RouteMonitor(self.work)
         try:
@@ -294,6 +303,9 @@ class SizeRun:
                 ops.append((routes + peers) / 2)
                 logged.append(sum(hub.applied()[before_log:]))
                 moved[a.key], moved[b.key] = new_a, new_b
+            offset = 2 * samples
+            reads = self._reads(hub, probe, index, offset, self.peers[offset:][:READ_CHANGES])
+            moved.update(reads.pop("moved"))
             hub.check_alive()
             kernel = wg_allowed_ips(hub.ifname)
             verified = all(kernel.get(key) == new for key, new in moved.items())
@@ -303,7 +315,8 @@ class SizeRun:
         iso, fol = summary(isolated), summary(following)
         log(
             f"N={self.n} incremental: isolated p50 {iso['p50'] * 1000:.0f} ms, following "
-            f"p50 {fol['p50'] * 1000:.0f} ms, kernel writes per change {sorted(set(ops))}"
+            f"p50 {fol['p50'] * 1000:.0f} ms, kernel writes per change {sorted(set(ops))}, "
+            f"kernel reads per change {reads['kernel_reads_per_change']}"
         )
         return {
             "samples": samples,
@@ -316,8 +329,51 @@ class SizeRun:
             "kernel_ops_median": median(ops),
             "kernel_ops_max": max(ops),
             "logged_ops_per_pair": logged,
+            **reads,
             "debounce_s": DEFAULT_DEBOUNCE,
             "verified_in_wireguard": verified,
+        }
+
+    def _reads(
+        self, hub: HubProcess, probe: RouteProbe, index: int, offset: int, peers: list[Peer]
+    ) -> dict[str, Any]:
+        """Kernel reads per isolated change, seen from outside (KernelReads: the hub's
+        netlink dumps and UAPI `get=1`), from each patch to 0.2 s after its route is in;
+        each change after a quiet debounce interval. The control: a /metrics scrape after
+        them reads the device, so a tracer that sees no read there makes the count void."""
+        if len(peers) < READ_CHANGES:
+            raise ValueError(f"{READ_CHANGES} more peers than the timed samples are needed")
+        windows: list[tuple[float, float]] = []
+        moved: dict[str, str] = {}
+        tracer = KernelReads(self.work, hub.pid)
+        try:
+            for j, peer in enumerate(peers):
+                new = peer_allowed(offset + j, MOVED_BASE)
+                since = time.time()
+                self._wait_routes(probe, index, {new: self._patch(peer, new)})
+                windows.append((since, time.time() + 0.2))
+                self._wait_gone(probe, index, peer.allowed)
+                time.sleep(0.2 + DEFAULT_DEBOUNCE + 0.1)  # the window, then quiet
+                moved[peer.key] = new
+            since = time.time()
+            with urllib.request.urlopen(METRICS_URL, timeout=30) as answer:
+                answer.read()
+            control = (since, time.time())
+        finally:
+            tracer.close()  # detached and flushed before its log is read
+        counts = [tracer.between(*window) for window in windows]
+        seen = tracer.between(*control)
+        if seen < 1:
+            raise RuntimeError(
+                f"the tracer saw no kernel read in a /metrics scrape ({tracer.path}): "
+                "the reads per change cannot be counted"
+            )
+        return {
+            "kernel_reads_per_change": counts,
+            "kernel_reads_median": median(counts),
+            "kernel_reads_max": max(counts),
+            "kernel_reads_in_a_scrape": seen,
+            "moved": moved,
         }
 
     def _patch(self, peer: Peer, new: str) -> float:

@@ -2,7 +2,7 @@
 # Installs the Debian packages wg-kube's tests and demo need, when any is missing.
 # Idempotent; needs root and apt-get (Debian or Ubuntu).
 set -euo pipefail
-packages=(qemu-system-x86 linux-image-amd64 wireguard-tools wireguard-go iproute2 iputils-ping kmod busybox-static python3-venv openssl systemd prometheus nftables)
+packages=(qemu-system-x86 linux-image-amd64 wireguard-tools wireguard-go iproute2 iputils-ping kmod busybox-static python3-venv openssl systemd prometheus nftables strace)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -80,6 +80,9 @@ def test_incremental_has_latency_and_kernel_ops(results: dict[str, Any]) -> None
         assert number(row["latency_s"]["p50"]), row
         assert number(row["isolated_latency_s"]["p50"]), row
         assert number(row["kernel_ops_median"]), row
+        assert number(row["kernel_reads_median"]), row
+        # The tracer's control: a /metrics scrape reads the device, so it must see one.
+        assert row["kernel_reads_in_a_scrape"] >= 1, row
         assert row["verified_in_wireguard"] is True
 
 
