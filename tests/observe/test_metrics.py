@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import subprocess
 from collections.abc import Mapping
@@ -161,3 +162,33 @@ def test_the_output_passes_promtool_check_metrics() -> None:
         ["promtool", "check", "metrics"], input=body, capture_output=True, check=False
     )
     assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
+
+
+async def test_a_large_device_is_rendered_in_pieces_that_join_into_the_one_rendering() -> None:
+    """Families of more than PIECE_SAMPLES samples go out a piece at a time (the served
+    response is streamed): joined, they are byte for byte prometheus-client's rendering
+    of the whole registry, and promtool takes them."""
+    from prometheus_client import generate_latest
+
+    from tests.observe.test_observe_system import promtool_check
+    from wgkube.observe.metrics import PIECE_SAMPLES
+
+    peers = PIECE_SAMPLES + PIECE_SAMPLES // 2
+    kernel = MemoryKernel()
+    ops: list[Operation] = [CreateLink("wg0")]
+    ops += [
+        UpsertPeer(pub(i), None, nets(f"100.{64 + i // 256}.{i % 256}.1/32"), new=True)
+        for i in range(peers)
+    ]
+    await kernel.apply("wg0", ops)
+    metrics = metrics_for(kernel, [NOW])
+    async with contextlib.aclosing(metrics.scrape_chunks()) as chunks:
+        pieces = [chunk async for chunk in chunks]
+    joined = b"".join(pieces)
+    assert len(pieces) > 8 + 4, "the per-peer families came in more than one piece each"
+    metrics.device.snapshot = await metrics.dump()
+    assert joined == generate_latest(metrics.registry)
+    assert joined.count(b"# TYPE wgkube_peer_state gauge") == 1
+    assert value(series(joined.decode()), "wgkube_peer_info", node="spoke-1") == 1
+    assert len([s for s in series(joined.decode()) if s[0] == "wgkube_peer_state"]) == 3 * peers
+    assert promtool_check(joined.decode()) == ""
