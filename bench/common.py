@@ -803,9 +803,6 @@ class KernelReads:
                     count += 1
         return count
 
-    def total(self) -> int:
-        return self.between(0.0, math.inf)
-
     def close(self) -> None:
         self.proc.send_signal(signal.SIGINT)  # detaches; the traced process goes on
         with contextlib.suppress(subprocess.TimeoutExpired):

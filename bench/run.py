@@ -353,10 +353,11 @@ def build(host: dict[str, Any], vm: dict[str, Any] | None, quick: bool) -> dict[
         target(
             "kernel reads per change (traced from outside: netlink dumps, UAPI get) "
             "independent of N",
-            f"the same median at {len(reads)} sizes",
+            f"a median of 0 at {len(reads)} sizes (any read here is a whole dump: it grows "
+            "with N, however few they are)",
             ", ".join(f"N={n}: {m:g}" for n, m in reads.items())
             + f" (the control, reads seen in one /metrics scrape: {control})",
-            len(set(reads.values())) == 1,
+            len(reads) >= 3 and all(m == 0 for m in reads.values()),
         )
     else:
         target("kernel writes per change independent of N", "3 sizes", "not measured", False)
